@@ -1,0 +1,101 @@
+"""The only module that knows megatron-core's config classes: our `Config` -> theirs.
+
+`transformer_config`, `ddp_config` and `optimizer_config` translate the resolved tree; nothing else
+in the project constructs a megatron-core config object.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.distributed import DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
+from megatron.core.transformer import TransformerConfig
+
+from megatron_emu3.config.schema import Config
+
+
+def uses_bf16(cfg: Config) -> bool:
+    """precision=auto means bf16 on GPU and fp32 on CPU."""
+    if cfg.train.precision == "auto":
+        return torch.cuda.is_available()
+    return cfg.train.precision == "bf16"
+
+
+def transformer_config(cfg: Config) -> TransformerConfig:
+    """Model + parallel sections -> megatron-core TransformerConfig (Emu3: Llama-style blocks)."""
+    m, p = cfg.model, cfg.parallel
+    bf16 = uses_bf16(cfg)
+    on_gpu = torch.cuda.is_available()
+    recompute = {}
+    if p.recompute == "selective":
+        recompute = dict(recompute_granularity="selective", recompute_modules=["core_attn"])
+    elif p.recompute == "full":
+        recompute = dict(recompute_granularity="full", recompute_method="uniform",
+                         recompute_num_layers=p.recompute_num_layers)
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        kv_channels=m.hidden_size // m.num_attention_heads,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        init_method_std=m.init_std,
+        tensor_model_parallel_size=p.tp,
+        context_parallel_size=p.cp,
+        pipeline_model_parallel_size=p.pp,
+        sequence_parallel=p.sequence_parallel,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        # Per-token loss: DDP sums gradients over data-parallel ranks (no 1/dp scaling); the
+        # trainer divides by the global loss-weight sum itself (see training/step.py).
+        calculate_per_token_loss=True,
+        # Fusions that need apex/TE/CUDA kernels stay off unless those are present.
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        cross_entropy_loss_fusion=False,
+        use_cpu_initialization=not on_gpu,
+        **recompute,
+    )
+
+
+def ddp_config(cfg: Config) -> DistributedDataParallelConfig:
+    """Data-parallel wrapper settings: fp32 gradient reduction, optional distributed optimizer."""
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+        check_for_nan_in_grad=True,
+        bucket_size=None,
+    )
+
+
+def optimizer_config(cfg: Config) -> McoreOptimizerConfig:
+    """Adam with fp32 master weights when training in bf16."""
+    o = cfg.optimizer
+    bf16 = uses_bf16(cfg)
+    return McoreOptimizerConfig(
+        optimizer="adam",
+        lr=o.lr,
+        min_lr=o.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+    )

@@ -1,0 +1,112 @@
+"""Checks on a resolved config: every rule names the key(s) at fault and says what to do.
+
+`validate_config(cfg, world_size)` raises `ConfigError` on the first broken rule. Derived values
+(padded vocab, data-parallel size, micro-batches per step) are computed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from megatron_emu3.config.loading import ConfigError
+from megatron_emu3.config.schema import Config
+from megatron_emu3.data.tokens import VOCAB_SIZE
+
+CHOICES = {
+    "data.source": ("synthetic", "shards"),
+    "data.loss_policy": ("pretrain", "qft"),
+    "parallel.attention_backend": ("auto", "sdpa", "te", "flash"),
+    "parallel.recompute": ("none", "selective", "full"),
+    "train.precision": ("auto", "bf16", "fp32"),
+    "optimizer.decay_style": ("cosine", "linear", "constant"),
+}
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
+    """Embedding rows: vocab rounded up to a multiple of divisible_by * tp (Megatron's rule)."""
+    multiple = divisible_by * tp
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def data_parallel_size(cfg: Config, world_size: int) -> int:
+    """world / (tp * cp * pp)."""
+    return world_size // (cfg.parallel.tp * cfg.parallel.cp * cfg.parallel.pp)
+
+
+def num_micro_batches(cfg: Config, world_size: int) -> int:
+    """Micro-batches per optimizer step on each data-parallel rank."""
+    dp = data_parallel_size(cfg, world_size)
+    return cfg.data.global_batch_size // (cfg.data.micro_batch_size * dp)
+
+
+def _get(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate_config(cfg: Config, world_size: int = 1) -> None:
+    """Raise ConfigError naming the key when `cfg` cannot run on `world_size` ranks."""
+    m, p, d = cfg.model, cfg.parallel, cfg.data
+
+    def fail(msg: str) -> None:
+        raise ConfigError(msg)
+
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            fail(f"{key}={_get(cfg, key)!r} is not one of {list(allowed)}")
+    for key in ("model.num_layers", "model.hidden_size", "model.ffn_hidden_size", "model.num_attention_heads",
+                "model.num_query_groups", "parallel.tp", "parallel.cp", "parallel.pp", "data.seq_length",
+                "data.micro_batch_size", "data.global_batch_size", "train.iters"):
+        if _get(cfg, key) < 1:
+            fail(f"{key}={_get(cfg, key)} must be a positive integer")
+    for key in ("model.hidden_dropout", "model.attention_dropout"):
+        if not 0.0 <= _get(cfg, key) < 1.0:
+            fail(f"{key}={_get(cfg, key)} must be in [0, 1)")
+    if m.hidden_size % m.num_attention_heads:
+        fail(f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
+             f"{m.num_attention_heads}; pick a head count that divides the width")
+    if m.num_attention_heads % m.num_query_groups:
+        fail(f"model.num_attention_heads={m.num_attention_heads} is not divisible by model.num_query_groups="
+             f"{m.num_query_groups} (KV heads); GQA needs whole groups of query heads")
+    if m.num_attention_heads % p.tp:
+        fail(f"model.num_attention_heads={m.num_attention_heads} is not divisible by parallel.tp={p.tp}; "
+             "choose a tensor-parallel size that divides the head count")
+    if m.num_query_groups % p.tp and p.tp % m.num_query_groups:
+        fail(f"model.num_query_groups={m.num_query_groups} and parallel.tp={p.tp}: one must divide the other")
+    if m.ffn_hidden_size % p.tp:
+        fail(f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
+    if m.vocab_size < VOCAB_SIZE and d.source != "synthetic":
+        fail(f"model.vocab_size={m.vocab_size} is smaller than the Emu3 tokenizer's {VOCAB_SIZE} ids "
+             f"(highest id {VOCAB_SIZE - 1}); set model.vocab_size={VOCAB_SIZE}")
+    if d.source == "synthetic" and d.synthetic_vocab > m.vocab_size:
+        fail(f"data.synthetic_vocab={d.synthetic_vocab} exceeds model.vocab_size={m.vocab_size} "
+             f"(highest token id must be below the vocab); lower data.synthetic_vocab")
+    if p.pp != 1:
+        fail(f"parallel.pp={p.pp}: pipeline parallelism is not supported yet; use parallel.pp=1 "
+             "and scale with tp/cp/dp")
+    model_parallel = p.tp * p.cp * p.pp
+    if world_size % model_parallel:
+        fail(f"world size {world_size} is not divisible by parallel.tp*cp*pp = {p.tp}*{p.cp}*{p.pp} = "
+             f"{model_parallel}; launch a multiple of {model_parallel} ranks or change the layout")
+    if d.seq_length % (2 * p.cp) and p.cp > 1:
+        fail(f"data.seq_length={d.seq_length} is not divisible by 2*parallel.cp={2 * p.cp} "
+             "(context parallelism splits every sample into 2*cp chunks)")
+    if p.sequence_parallel and p.tp == 1:
+        fail("parallel.sequence_parallel=true needs parallel.tp > 1; set one or the other")
+    if p.sequence_parallel and d.seq_length % p.tp:
+        fail(f"data.seq_length={d.seq_length} is not divisible by parallel.tp={p.tp} "
+             "(sequence parallelism shards the sequence over tensor-parallel ranks)")
+    dp = data_parallel_size(cfg, world_size)
+    if d.global_batch_size % (d.micro_batch_size * dp):
+        fail(f"data.global_batch_size={d.global_batch_size} is not divisible by data.micro_batch_size"
+             f"={d.micro_batch_size} x data-parallel size {dp}; make it a multiple of "
+             f"{d.micro_batch_size * dp}")
+    if d.source == "shards" and not d.sources:
+        fail("data.source=shards needs data.sources: a list of {prefix: PATH, weight: W}")
+    if cfg.optimizer.warmup_iters > (cfg.optimizer.decay_iters or cfg.train.iters):
+        fail(f"optimizer.warmup_iters={cfg.optimizer.warmup_iters} is longer than the schedule "
+             f"(optimizer.decay_iters or train.iters = {cfg.optimizer.decay_iters or cfg.train.iters})")
+    if cfg.optimizer.min_lr > cfg.optimizer.lr:
+        fail(f"optimizer.min_lr={cfg.optimizer.min_lr} is above optimizer.lr={cfg.optimizer.lr}")
+    if p.recompute_num_layers < 1 or m.num_layers % p.recompute_num_layers:
+        fail(f"parallel.recompute_num_layers={p.recompute_num_layers} must divide model.num_layers={m.num_layers}")

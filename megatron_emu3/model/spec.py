@@ -1,0 +1,85 @@
+"""Transformer layer specs: Transformer Engine on GPU when installed, our local spec otherwise.
+
+The local spec is megatron-core's own layer (SelfAttention + MLP with tensor-parallel linears)
+with two modules swapped in: `SDPACoreAttention` (document masks, GQA without K/V copies, no
+CUDA-only mask) and `RMSNorm` (supports sequence parallelism). Transformer Engine is imported
+lazily; `te_available()` says whether the TE spec can be used and why not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+from megatron_emu3.model.attention import SDPACoreAttention
+from megatron_emu3.model.norm import RMSNorm
+
+logger = logging.getLogger(__name__)
+
+
+def te_available() -> tuple[bool, str]:
+    """(usable, reason): TE needs CUDA and the transformer_engine package (the `[gpu]` extra)."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    if importlib.util.find_spec("transformer_engine") is None:
+        return False, "transformer_engine is not installed (pip install 'megatron-emu3[gpu]' or use an NGC image)"
+    return True, "transformer_engine found"
+
+
+def local_layer_spec() -> ModuleSpec:
+    """megatron-core TransformerLayer built from local (non-TE) modules."""
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=RMSNorm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.causal},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=ColumnParallelLinear,
+                    core_attention=SDPACoreAttention,
+                    linear_proj=RowParallelLinear,
+                    q_layernorm=IdentityOp,
+                    k_layernorm=IdentityOp,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=RMSNorm,
+            mlp=ModuleSpec(
+                module=MLP,
+                submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
+            ),
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )
+
+
+def te_layer_spec() -> ModuleSpec:
+    """megatron-core's Transformer Engine spec (fused norm+linear, TE fused attention)."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+    return get_gpt_layer_with_transformer_engine_spec()
+
+
+def layer_spec(backend: str) -> tuple[ModuleSpec, str]:
+    """The layer spec for attention backend `backend` (auto|sdpa|te|flash) and a log line of why."""
+    usable, reason = te_available()
+    if backend == "te" and not usable:
+        raise RuntimeError(f"parallel.attention_backend=te but Transformer Engine cannot be used: {reason}")
+    if backend == "flash":
+        raise RuntimeError("parallel.attention_backend=flash is not wired into the layer spec yet; "
+                           "use auto, te or sdpa")
+    if backend == "te" or (backend == "auto" and usable):
+        return te_layer_spec(), f"Transformer Engine layer spec ({reason})"
+    why = "requested" if backend == "sdpa" else f"auto: {reason}"
+    return local_layer_spec(), f"local layer spec with torch SDPA attention ({why})"

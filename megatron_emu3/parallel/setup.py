@@ -1,0 +1,78 @@
+"""Start torch.distributed and megatron-core's parallel state for one process of a run.
+
+Works under torchrun (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR env), under Slurm's srun (SLURM_PROCID,
+SLURM_NTASKS, SLURM_LOCALID when the env:// variables are absent) and as a single process.
+NCCL on GPU, gloo on CPU (where `cpu_compat` is installed first).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron_emu3.config.schema import Config
+from megatron_emu3.parallel import cpu_compat
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def dist_env_from_environ(environ=os.environ) -> DistEnv:
+    """Rank/world/local rank from torchrun's variables, else Slurm's, else a single process."""
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return DistEnv(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
+        return DistEnv(int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"]), int(environ.get("SLURM_LOCALID", 0)))
+    return DistEnv(0, 1, 0)
+
+
+def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 600) -> DistEnv:
+    """Initialise the default process group and megatron-core's model-parallel groups."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    env = env or dist_env_from_environ()
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        cpu_compat.install()
+    else:
+        torch.cuda.set_device(env.local_rank)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group(
+            backend="nccl" if on_gpu else "gloo",
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=cfg.parallel.tp,
+            pipeline_model_parallel_size=cfg.parallel.pp,
+            context_parallel_size=cfg.parallel.cp,
+            create_gloo_process_groups=True,
+        )
+    tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)
+    return env
+
+
+def destroy_distributed() -> None:
+    """Tear down megatron-core state and the process group (tests reuse processes)."""
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
