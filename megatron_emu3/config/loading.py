@@ -88,6 +88,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         hint = next(a for a in args if a is not type(None))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
     expected = hint if isinstance(hint, type) else typing.get_origin(hint)

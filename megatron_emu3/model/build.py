@@ -14,7 +14,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron_emu3.config.schema import Config, ModelConfig
 from megatron_emu3.config.to_mcore import transformer_config
 from megatron_emu3.config.validation import padded_vocab_size
-from megatron_emu3.model.spec import layer_spec
+from megatron_emu3.model.spec import decoder_spec
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def count_parameters(model: ModelConfig, vocab_size: int | None = None) -> dict[
 
 def build_model(cfg: Config) -> GPTModel:
     """This rank's shard of the model, on the current device, in the config's precision."""
-    spec, why = layer_spec(cfg.parallel.attention_backend)
+    spec, why = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers)
     logger.info("model: %s", why)
     vocab = padded_vocab_size(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
     model = GPTModel(

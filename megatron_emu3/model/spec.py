@@ -19,6 +19,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from megatron_emu3.model.attention import SDPACoreAttention
@@ -71,8 +72,13 @@ def te_layer_spec() -> ModuleSpec:
     return get_gpt_layer_with_transformer_engine_spec()
 
 
-def layer_spec(backend: str) -> tuple[ModuleSpec, str]:
-    """The layer spec for attention backend `backend` (auto|sdpa|te|flash) and a log line of why."""
+def local_block_spec(num_layers: int) -> TransformerBlockSubmodules:
+    """All layers local, and the final norm our RMSNorm too (megatron-core would pick its torch norm)."""
+    return TransformerBlockSubmodules(layer_specs=[local_layer_spec()] * num_layers, layer_norm=RMSNorm)
+
+
+def decoder_spec(backend: str, num_layers: int) -> tuple[ModuleSpec | TransformerBlockSubmodules, str]:
+    """The decoder spec for attention backend `backend` (auto|sdpa|te|flash) and a log line of why."""
     usable, reason = te_available()
     if backend == "te" and not usable:
         raise RuntimeError(f"parallel.attention_backend=te but Transformer Engine cannot be used: {reason}")
@@ -82,4 +88,4 @@ def layer_spec(backend: str) -> tuple[ModuleSpec, str]:
     if backend == "te" or (backend == "auto" and usable):
         return te_layer_spec(), f"Transformer Engine layer spec ({reason})"
     why = "requested" if backend == "sdpa" else f"auto: {reason}"
-    return local_layer_spec(), f"local layer spec with torch SDPA attention ({why})"
+    return local_block_spec(num_layers), f"local layer spec with torch SDPA attention ({why})"

@@ -21,6 +21,7 @@ from megatron_emu3.config.schema import Config
 from megatron_emu3.config.to_mcore import ddp_config, optimizer_config, transformer_config, uses_bf16
 from megatron_emu3.config.validation import validate_config
 from megatron_emu3.model.build import build_model
+from megatron_emu3.model.full_state import load_full_state
 from megatron_emu3.parallel.setup import DistEnv, init_distributed
 from megatron_emu3.training.data_feed import build_train_dataset, micro_batches, rank_sample_indices
 from megatron_emu3.training.metrics import MetricsWriter
@@ -49,11 +50,17 @@ class Run:
     state: TrainState
 
 
-def build_run(cfg: Config, env: DistEnv | None = None) -> Run:
-    """Initialise distributed state and build the DDP-wrapped model and the optimizer."""
+def build_run(cfg: Config, env: DistEnv | None = None, full_state: dict | None = None) -> Run:
+    """Initialise distributed state and build the DDP-wrapped model and the optimizer.
+
+    `full_state` (TP=1 layout, see `model/full_state.py`) replaces the random initialisation.
+    """
     env = init_distributed(cfg, env)
     validate_config(cfg, env.world_size)
     model = build_model(cfg)
+    if full_state is not None:
+        load_full_state(model, full_state, parallel_state.get_tensor_model_parallel_rank(),
+                        parallel_state.get_tensor_model_parallel_world_size())
     if torch.cuda.is_available():
         model = model.cuda(torch.cuda.current_device())
     if uses_bf16(cfg):
@@ -61,6 +68,30 @@ def build_run(cfg: Config, env: DistEnv | None = None) -> Run:
     model = DistributedDataParallel(transformer_config(cfg), ddp_config(cfg), model)
     optimizer = get_megatron_optimizer(optimizer_config(cfg), [model])
     return Run(cfg, env, model, optimizer, TrainState())
+
+
+def current_device() -> torch.device:
+    """The GPU of this rank, or the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def train_one_step(run: Run, dataset, device: torch.device) -> dict:
+    """Set the LR, fetch this rank's micro-batches, step, advance the state; returns the metrics."""
+    cfg, state = run.cfg, run.state
+    lr = lr_at(state.step, cfg.optimizer, cfg.train.iters)
+    apply_lr(run.optimizer, lr, cfg.optimizer.weight_decay)
+    indices = rank_sample_indices(state.consumed_samples, cfg.data.global_batch_size,
+                                  parallel_state.get_data_parallel_rank(),
+                                  parallel_state.get_data_parallel_world_size())
+    batches = micro_batches(dataset, indices, cfg.data.micro_batch_size, device)
+    start = time.perf_counter()
+    result = train_step(run.model, run.optimizer, batches)
+    elapsed = time.perf_counter() - start
+    state.step += 1
+    state.consumed_samples += cfg.data.global_batch_size
+    tokens = cfg.data.global_batch_size * cfg.data.seq_length
+    return {**result, "lr": lr, "step_time_s": elapsed, "tokens_per_s": tokens / elapsed,
+            "consumed_samples": state.consumed_samples}
 
 
 def train(cfg: Config, env: DistEnv | None = None) -> Run:
@@ -72,28 +103,16 @@ def train(cfg: Config, env: DistEnv | None = None) -> Run:
         save_config(cfg, f"{cfg.run_dir}/config.yaml")
     metrics = MetricsWriter(cfg.run_dir, is_writer, cfg.logging.tensorboard)
     dataset = build_train_dataset(cfg)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    dp_rank = parallel_state.get_data_parallel_rank()
+    device = current_device()
     dp_size = parallel_state.get_data_parallel_world_size()
-    tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_length
     logger.info("training %d steps: world %d = tp %d x cp %d x pp %d x dp %d, global batch %d x %d tokens",
                 cfg.train.iters, run.env.world_size, cfg.parallel.tp, cfg.parallel.cp, cfg.parallel.pp, dp_size,
                 cfg.data.global_batch_size, cfg.data.seq_length)
     model.train()
     while state.step < cfg.train.iters:
-        lr = lr_at(state.step, cfg.optimizer, cfg.train.iters)
-        apply_lr(optimizer, lr, cfg.optimizer.weight_decay)
-        indices = rank_sample_indices(state.consumed_samples, cfg.data.global_batch_size, dp_rank, dp_size)
-        batches = micro_batches(dataset, indices, cfg.data.micro_batch_size, device)
-        start = time.perf_counter()
-        result = train_step(model, optimizer, batches)
-        elapsed = time.perf_counter() - start
-        state.step += 1
-        state.consumed_samples += cfg.data.global_batch_size
+        result = train_one_step(run, dataset, device)
         if state.step % cfg.logging.log_interval == 0 or state.step == cfg.train.iters:
-            metrics.write({"step": state.step, **result, "lr": lr, "step_time_s": elapsed,
-                           "tokens_per_s": tokens_per_step / elapsed,
-                           "consumed_samples": state.consumed_samples})
+            metrics.write({"step": state.step, **result})
     metrics.close()
     dist.barrier()
     return run

@@ -1,0 +1,58 @@
+"""TP=2 and DP=2 (with and without the distributed optimizer) against one rank, same weights, same
+global batch. Tolerances: loss within 1e-6 relative, every gradient and updated parameter within
+atol 2e-6 (fp32 on CPU; differences come only from summation order in reductions). Adam's first
+step is sign-like (g / (|g| + eps)) where a gradient is ~1e-8, so rounding there moves a parameter by
+up to ~lr: the runs use lr 1e-4, which bounds that effect below the tolerance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.distributed.launcher import run_ranks
+from tests.distributed.scenarios import one_step
+
+SMALL = ["model.vocab_size=512", "data.synthetic_vocab=64", "data.seq_length=32", "optimizer.warmup_iters=0",
+         "optimizer.lr=1e-4", "optimizer.min_lr=0"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    init = str(tmp_path_factory.mktemp("ref") / "init.pt")
+    (result,) = run_ranks(1, one_step, SMALL, None, init)
+    return init, result
+
+
+def _assert_close(ref: dict, got: dict, grads: bool = True) -> None:
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+    if grads:
+        for name, g in ref["grads"].items():
+            torch.testing.assert_close(got["grads"][name], g, atol=2e-6, rtol=1e-5, msg=f"grad of {name}")
+    for name, p in ref["params"].items():
+        torch.testing.assert_close(got["params"][name], p, atol=2e-6, rtol=1e-5, msg=f"param {name}")
+
+
+def test_tensor_parallel_2_matches_single_rank(reference):
+    init, ref = reference
+    results = run_ranks(2, one_step, SMALL + ["parallel.tp=2"], init)
+    for got in results:
+        _assert_close(ref, got)
+
+
+def test_tensor_parallel_2_with_sequence_parallel_matches_single_rank(reference):
+    init, ref = reference
+    results = run_ranks(2, one_step, SMALL + ["parallel.tp=2", "parallel.sequence_parallel=true"], init)
+    _assert_close(ref, results[0])
+
+
+def test_data_parallel_2_matches_single_rank(reference):
+    init, ref = reference
+    results = run_ranks(2, one_step, SMALL, init)
+    for got in results:
+        _assert_close(ref, got)
+
+
+def test_data_parallel_2_distributed_optimizer_matches_single_rank(reference):
+    init, ref = reference
+    results = run_ranks(2, one_step, SMALL + ["parallel.distributed_optimizer=true"], init)
+    _assert_close(ref, results[0], grads=False)
