@@ -32,8 +32,11 @@ def load_recipe(path: str | os.PathLike, _seen: Optional[list] = None) -> dict:
         raise ConfigError(f"recipe {path}: 'base:' chain loops back to itself ({' -> '.join(map(str, seen))})")
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist; pass --config with a YAML file (see examples/recipes/)")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path}: top level must be a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)

@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv at the repo root
+# when missing and install the package into it first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# The CPU wheel of these machines; on a GPU box keep the container's torch: make TORCH_SPEC= ...
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= runs/demo
+
+.PHONY: venv install install-dev demo test clean-demo
+
+$(PY):
+	python3 -m venv $(VENV)
+
+venv: $(PY)
+
+$(VENV)/.installed: $(PY) setup.py pyproject.toml
+	@if [ -n "$(TORCH_SPEC)" ]; then $(PIP) install "$(TORCH_SPEC)"; fi
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash examples/demo.sh
+
+test: install-dev
+	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

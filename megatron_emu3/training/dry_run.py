@@ -1,0 +1,50 @@
+"""`--dry-run`: check a recipe on any machine without building anything on a device.
+
+Prints the resolved config, the exact parameter count (unpadded and as built with the padded vocab),
+the padded vocabulary and the parallel layout for the planned world size. Pure arithmetic.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from megatron_emu3.config.loading import config_to_dict
+from megatron_emu3.config.schema import Config
+from megatron_emu3.config.validation import (
+    data_parallel_size,
+    num_micro_batches,
+    padded_vocab_size,
+    validate_config,
+)
+from megatron_emu3.model.build import count_parameters
+
+
+def dry_run(cfg: Config, world_size: int | None = None) -> str:
+    """The dry-run report for `cfg` on `world_size` ranks (default: the recipe's launch shape)."""
+    world = world_size or cfg.launch.nodes * cfg.launch.gpus_per_node
+    validate_config(cfg, world)
+    m, p = cfg.model, cfg.parallel
+    padded = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, p.tp)
+    real = count_parameters(m)
+    built = count_parameters(m, padded)
+    dp = data_parallel_size(cfg, world)
+    lines = [
+        "# resolved config",
+        yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip(),
+        "",
+        "# model",
+        f"parameters (unpadded vocab {m.vocab_size:,}): {real['total']:,}",
+        f"  embeddings {real['embeddings']:,} | per layer {real['per_layer']:,} x {m.num_layers} layers | final norm {real['final_norm']:,}",
+        f"padded vocab (multiple of {m.make_vocab_size_divisible_by} x tp {p.tp}): {padded:,}",
+        f"parameters as built (padded vocab): {built['total']:,}",
+        f"parameters per rank (tp {p.tp}): ~{built['total'] // p.tp:,}",
+        "",
+        "# layout",
+        f"world {world} = tp {p.tp} x cp {p.cp} x pp {p.pp} x dp {dp}",
+        f"sequence parallel {p.sequence_parallel} | distributed optimizer {p.distributed_optimizer} | "
+        f"recompute {p.recompute} | attention {p.attention_backend}",
+        f"global batch {cfg.data.global_batch_size} = micro batch {cfg.data.micro_batch_size} x dp {dp} x "
+        f"{num_micro_batches(cfg, world)} micro-batches; {cfg.data.global_batch_size * cfg.data.seq_length:,} "
+        f"tokens per step at seq {cfg.data.seq_length:,}",
+    ]
+    return "\n".join(lines)
