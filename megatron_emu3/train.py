@@ -40,6 +40,7 @@ def _quiet_library_noise() -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("megatron.core").setLevel(logging.WARNING)
     _quiet_library_noise()
     try:
         cfg = resolve_config(args.config, args.overrides)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -16,6 +17,9 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.transformer.module import Float16Module
 
+from megatron_emu3.checkpoint.layout import find_latest
+from megatron_emu3.checkpoint.signals import StopFlag
+from megatron_emu3.checkpoint.state import load_checkpoint, save_checkpoint
 from megatron_emu3.config.loading import save_config
 from megatron_emu3.config.schema import Config
 from megatron_emu3.config.to_mcore import ddp_config, optimizer_config, transformer_config, uses_bf16
@@ -94,25 +98,62 @@ def train_one_step(run: Run, dataset, device: torch.device) -> dict:
             "consumed_samples": state.consumed_samples}
 
 
+def resume_or_initialise(run: Run) -> None:
+    """Resume from RUN_DIR/checkpoints when it holds a complete checkpoint, else load stage weights."""
+    cfg = run.cfg
+    found = find_latest(checkpoint_dir(cfg))
+    if found is not None:
+        load_checkpoint(run, found)
+    elif cfg.checkpoint.load_weights_from:
+        load_checkpoint(run, cfg.checkpoint.load_weights_from, weights_only=True)
+    else:
+        logger.info("no checkpoint in %s: starting from random initialisation (seed %d)",
+                    checkpoint_dir(cfg), cfg.seed)
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    return Path(cfg.run_dir) / "checkpoints"
+
+
 def train(cfg: Config, env: DistEnv | None = None) -> Run:
-    """Train `cfg` to `train.iters` steps; returns the built run."""
+    """Train `cfg` to `train.iters` steps (resuming if possible); returns the built run."""
     run = build_run(cfg, env)
-    cfg, model, optimizer, state = run.cfg, run.model, run.optimizer, run.state
+    cfg, model, state = run.cfg, run.model, run.state
     is_writer = run.env.rank == 0
     if is_writer:
         save_config(cfg, f"{cfg.run_dir}/config.yaml")
+    resume_or_initialise(run)
     metrics = MetricsWriter(cfg.run_dir, is_writer, cfg.logging.tensorboard)
     dataset = build_train_dataset(cfg)
     device = current_device()
     dp_size = parallel_state.get_data_parallel_world_size()
-    logger.info("training %d steps: world %d = tp %d x cp %d x pp %d x dp %d, global batch %d x %d tokens",
-                cfg.train.iters, run.env.world_size, cfg.parallel.tp, cfg.parallel.cp, cfg.parallel.pp, dp_size,
-                cfg.data.global_batch_size, cfg.data.seq_length)
+    logger.info("training steps %d..%d: world %d = tp %d x cp %d x pp %d x dp %d, global batch %d x %d tokens",
+                state.step + 1, cfg.train.iters, run.env.world_size, cfg.parallel.tp, cfg.parallel.cp,
+                cfg.parallel.pp, dp_size, cfg.data.global_batch_size, cfg.data.seq_length)
+    stop = StopFlag().install()
+    saved_step = state.step if find_latest(checkpoint_dir(cfg)) else None
     model.train()
-    while state.step < cfg.train.iters:
-        result = train_one_step(run, dataset, device)
-        if state.step % cfg.logging.log_interval == 0 or state.step == cfg.train.iters:
-            metrics.write({"step": state.step, **result})
-    metrics.close()
+    try:
+        while state.step < cfg.train.iters:
+            result = train_one_step(run, dataset, device)
+            if state.step % cfg.logging.log_interval == 0 or state.step == cfg.train.iters:
+                metrics.write({"step": state.step, **result})
+            interval = cfg.checkpoint.interval
+            if interval and state.step % interval == 0:
+                save_checkpoint(run, checkpoint_dir(cfg))
+                saved_step = state.step
+            if stop.agreed(device):
+                if saved_step != state.step:
+                    save_checkpoint(run, checkpoint_dir(cfg))
+                logger.warning("saved checkpoint on signal at step %d; exiting (resume by relaunching)", state.step)
+                return run
+        if cfg.checkpoint.save_at_end and saved_step != state.step:
+            save_checkpoint(run, checkpoint_dir(cfg))
+    finally:
+        stop.uninstall()
+        metrics.close()
     dist.barrier()
+    if is_writer:
+        (Path(cfg.run_dir) / "COMPLETE").write_text(f"{state.step}\n")
+    logger.info("training complete at step %d", state.step)
     return run

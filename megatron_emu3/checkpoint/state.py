@@ -1,0 +1,159 @@
+"""Save and load a run with megatron-core's dist_checkpointing (torch_dist format).
+
+What a checkpoint holds: the model (sharded, layout-independent), the optimizer (fully reshardable
+form, so TP/DP/distributed-optimizer layouts can change between save and load), the train state
+(step, consumed samples), every rank's RNG states, the resolved config and the vocabulary facts.
+Exact resume restores all of it; a weights-only load (stage 1 -> stage 2) restores the model only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
+
+from megatron_emu3.checkpoint import layout
+from megatron_emu3.config.loading import save_config
+from megatron_emu3.config.validation import padded_vocab_size
+from megatron_emu3.data import tokens
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint's tensors do not fit the model the config builds."""
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The GPTModel inside DDP / Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _layout_facts(run) -> dict:
+    p = run.cfg.parallel
+    return {"world_size": run.env.world_size, "tp": p.tp, "cp": p.cp, "pp": p.pp,
+            "distributed_optimizer": p.distributed_optimizer}
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _sharded_state(run, is_loading: bool) -> dict:
+    model_sd = unwrap(run.model).sharded_state_dict()
+    return {
+        "model": model_sd,
+        "optimizer": run.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIMIZER_METADATA),
+        "train_state": {"step": run.state.step, "consumed_samples": run.state.consumed_samples},
+        "layout": _layout_facts(run),
+        "rng_state": ShardedObject("rng_state", _rng_state(), (run.env.world_size,), (run.env.rank,), replica_id=0),
+    }
+
+
+def vocab_facts(cfg) -> dict:
+    """Tokenizer/vocabulary facts stored with every checkpoint (the converters check them)."""
+    return {"vocab_size": cfg.model.vocab_size,
+            "padded_vocab_size": padded_vocab_size(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by,
+                                                   cfg.parallel.tp),
+            "pad_id": tokens.PAD, "bos_id": tokens.BOS, "eos_id": tokens.EOS,
+            "first_vision_code": tokens.FIRST_VISION_CODE, "num_vision_codes": tokens.NUM_VISION_CODES}
+
+
+def save_checkpoint(run, ckpt_dir: str | Path) -> Path:
+    """Save `run` at its current step (all ranks call this); returns the published directory."""
+    step = run.state.step
+    partial = layout.partial_dir(ckpt_dir, step)
+    start = time.perf_counter()
+    if run.env.rank == 0:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    dist.barrier()
+    dist_checkpointing.save(_sharded_state(run, is_loading=False), str(partial))
+    dist.barrier()
+    final = layout.Path(ckpt_dir) / layout.iter_dir_name(step)
+    if run.env.rank == 0:
+        save_config(run.cfg, partial / "config.yaml")
+        (partial / "vocab.json").write_text(json.dumps(vocab_facts(run.cfg), indent=2) + "\n")
+        final = layout.commit(ckpt_dir, step, run.cfg.checkpoint.keep_last)
+    dist.barrier()
+    logger.info("saved checkpoint %s in %.2fs", final, time.perf_counter() - start)
+    return final
+
+
+def check_model_shapes(model_sd: dict, path: Path) -> None:
+    """Raise CheckpointMismatchError naming the first tensor whose global shape differs."""
+    saved = dist_checkpointing.load_tensors_metadata(str(path))
+    for key in sorted(model_sd):
+        wanted = model_sd[key]
+        if not isinstance(wanted, ShardedTensor):
+            continue
+        if wanted.key not in saved:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} has no tensor {wanted.key!r}; it was saved from a different architecture "
+                "(compare its config.yaml with this run's model section)")
+        got = tuple(saved[wanted.key].global_shape)
+        if got != tuple(wanted.global_shape):
+            raise CheckpointMismatchError(
+                f"checkpoint {path}: tensor {wanted.key!r} has shape {got} but this config builds "
+                f"{tuple(wanted.global_shape)}; the architectures differ (compare {path}/config.yaml)")
+
+
+def load_checkpoint(run, path: str | Path, weights_only: bool = False) -> Path:
+    """Load a checkpoint (a CKPT_DIR with ``latest`` or an iteration dir) into `run`."""
+    path = layout.resolve_checkpoint_path(path)
+    start = time.perf_counter()
+    gpt = unwrap(run.model)
+    if weights_only:
+        model_sd = gpt.sharded_state_dict()
+        check_model_shapes(model_sd, path)
+        loaded = dist_checkpointing.load({"model": model_sd}, str(path))
+        gpt.load_state_dict(loaded["model"])
+        logger.info("loaded model weights only from %s in %.2fs (new optimizer, schedule and step 0)",
+                    path, time.perf_counter() - start)
+        return path
+    sharded = _sharded_state(run, is_loading=True)
+    check_model_shapes(sharded["model"], path)
+    saved_layout = dist_checkpointing.load_common_state_dict(str(path)).get("layout", {})
+    same_layout = saved_layout == _layout_facts(run)
+    if not same_layout:
+        sharded.pop("rng_state")  # per-rank RNG states only map onto the same layout
+    loaded = dist_checkpointing.load(sharded, str(path))
+    gpt.load_state_dict(loaded["model"])
+    run.optimizer.load_state_dict(loaded["optimizer"])
+    run.state.step = int(loaded["train_state"]["step"])
+    run.state.consumed_samples = int(loaded["train_state"]["consumed_samples"])
+    if same_layout:
+        _set_rng_state(loaded["rng_state"])
+    else:
+        logger.warning("checkpoint layout %s differs from this run's %s: model and optimizer resharded, "
+                       "RNG states reseeded from the config seed", saved_layout, _layout_facts(run))
+    logger.info("resumed from %s at step %d (%d samples consumed) in %.2fs", path, run.state.step,
+                run.state.consumed_samples, time.perf_counter() - start)
+    return path
