@@ -19,6 +19,7 @@ MARKER="# written by megatron-emu3 launch/local_slurm/start.sh"
 PARTITION=${LOCAL_SLURM_PARTITION:-debug}
 MEM_RESERVE_MB=${LOCAL_SLURM_MEM_RESERVE_MB:-1024}
 LOG_DIR=/var/log/slurm
+CONFIG_CHANGED=0
 
 say() { echo "local_slurm: $*" >&2; }
 skip() { say "skipped: $*"; exit 3; }
@@ -90,6 +91,8 @@ SlurmctldHost=$host
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job may start again only after its credential expired (default 120 s): keep it short.
+AuthInfo=cred_expire=10
 CryptoType=crypto/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
@@ -120,6 +123,7 @@ EOF
     if [[ -f $SLURM_CONF ]] && cmp -s "$tmp" "$SLURM_CONF"; then
         rm -f "$tmp"
     else
+        CONFIG_CHANGED=1
         mv "$tmp" "$SLURM_CONF"
         chmod 0644 "$SLURM_CONF"
         say "wrote $SLURM_CONF (node $host: $cpus CPUs, $mem_mb MB)"
@@ -127,6 +131,14 @@ EOF
 }
 
 start_daemons() {
+    if ((CONFIG_CHANGED)) && slurm_answers; then
+        say "configuration changed: restarting slurmctld and slurmd (scontrol shutdown)"
+        scontrol shutdown >/dev/null 2>&1 || true
+        for _ in $(seq 100); do
+            pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break
+            sleep 0.2
+        done
+    fi
     if ! pgrep -x slurmctld >/dev/null; then
         slurmctld || die "slurmctld did not start: $(tail -n 5 "$LOG_DIR/slurmctld.log" 2>/dev/null)"
     fi
@@ -151,8 +163,19 @@ start_daemons() {
     die "node $host is not ready: $(sinfo -N -l 2>&1 | tail -n 2); see $LOG_DIR/slurmd.log"
 }
 
+# Slurm is up and its config is not ours, or is ours and current: nothing to do.
+up_to_date() {
+    slurm_answers && node_ready || return 1
+    grep -qF "$MARKER" "$SLURM_CONF" 2>/dev/null || return 0
+    [[ $(id -u) -eq 0 ]] || return 0
+    local before
+    before=$(md5sum <"$SLURM_CONF")
+    write_config
+    [[ $(md5sum <"$SLURM_CONF") == "$before" ]]
+}
+
 main() {
-    if slurm_answers && node_ready; then
+    if up_to_date; then
         say "Slurm already running ($(sinfo -h -o '%P %D nodes %c CPUs' | head -n 1))"
         exit 0
     fi

@@ -22,6 +22,13 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
 
 from megatron_emu3.checkpoint import layout
+from megatron_emu3.checkpoint.optimizer_compat import (
+    adapt_optimizer_common,
+    defer_missing_master_weights,
+    fill_master_weights,
+    init_empty_adam_state,
+    load_optimizer_state,
+)
 from megatron_emu3.config.loading import save_config
 from megatron_emu3.config.validation import padded_vocab_size
 from megatron_emu3.data import tokens
@@ -138,15 +145,21 @@ def load_checkpoint(run, path: str | Path, weights_only: bool = False) -> Path:
         logger.info("loaded model weights only from %s in %.2fs (new optimizer, schedule and step 0)",
                     path, time.perf_counter() - start)
         return path
+    init_empty_adam_state(run.optimizer)
     sharded = _sharded_state(run, is_loading=True)
     check_model_shapes(sharded["model"], path)
+    deferred = defer_missing_master_weights(sharded, set(dist_checkpointing.load_tensors_metadata(str(path))))
+    if deferred:
+        logger.info("checkpoint has no separate master weights: %d taken from the model weights", len(deferred))
     saved_layout = dist_checkpointing.load_common_state_dict(str(path)).get("layout", {})
     same_layout = saved_layout == _layout_facts(run)
     if not same_layout:
         sharded.pop("rng_state")  # per-rank RNG states only map onto the same layout
     loaded = dist_checkpointing.load(sharded, str(path))
     gpt.load_state_dict(loaded["model"])
-    run.optimizer.load_state_dict(loaded["optimizer"])
+    fill_master_weights(run.optimizer, loaded["optimizer"], deferred)
+    adapt_optimizer_common(run.optimizer, loaded["optimizer"])
+    load_optimizer_state(run.optimizer, loaded["optimizer"])
     run.state.step = int(loaded["train_state"]["step"])
     run.state.consumed_samples = int(loaded["train_state"]["consumed_samples"])
     if same_layout:

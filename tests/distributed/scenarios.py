@@ -33,3 +33,51 @@ def one_step(overrides: list[str], init_path: str | None, save_init_to: str | No
     params = gather_full_state(run.model)
     destroy_distributed()
     return {"loss": result["loss"], "grads": grads, "params": params}
+
+
+def _full_logits(run, seq_len: int) -> torch.Tensor:
+    """Logits (all vocab columns) of the model in eval mode on a fixed synthetic batch."""
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    from megatron_emu3.data.sample import collate
+    from megatron_emu3.data.synthetic import SyntheticDataset
+    from megatron_emu3.model.attention import document_attention_mask
+
+    batch = collate([SyntheticDataset(seq_len, 64, seed=99)[i] for i in range(2)])
+    run.model.eval()
+    with torch.no_grad():
+        logits = run.model(batch["tokens"], batch["position_ids"], document_attention_mask(batch["segment_ids"]))
+    return gather_from_tensor_model_parallel_region(logits).float()
+
+
+def train_save(overrides: list[str], run_dir: str) -> dict:
+    """Train (cfg's train.iters) with saving; return full params and logits afterwards."""
+    from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.model.full_state import gather_full_state
+    from megatron_emu3.parallel.setup import destroy_distributed
+    from megatron_emu3.training.trainer import train
+
+    cfg = resolve_config(RECIPE, overrides + [f"run_dir={run_dir}"])
+    run = train(cfg)
+    out = {"params": gather_full_state(run.model), "logits": _full_logits(run, cfg.data.seq_length)}
+    destroy_distributed()
+    return out
+
+
+def load_only(overrides: list[str], checkpoint: str, weights_only: bool) -> dict:
+    """Build under `overrides`, load `checkpoint`; return full params, logits and the train state."""
+    from megatron_emu3.checkpoint.state import load_checkpoint
+    from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.model.full_state import gather_full_state
+    from megatron_emu3.parallel.setup import destroy_distributed
+    from megatron_emu3.training.trainer import build_run
+
+    cfg = resolve_config(RECIPE, overrides)
+    run = build_run(cfg)
+    try:
+        load_checkpoint(run, checkpoint, weights_only=weights_only)
+        out = {"params": gather_full_state(run.model), "logits": _full_logits(run, cfg.data.seq_length),
+               "step": run.state.step, "consumed": run.state.consumed_samples}
+    finally:
+        destroy_distributed()
+    return out

@@ -1,0 +1,69 @@
+"""Resharding: a checkpoint saved at TP=2 with the distributed optimizer loads at TP=1 and at DP=2
+with bitwise-identical parameters (loading only moves bytes) and equal logits (atol 1e-5: a different
+TP layout sums the partial matmuls in another order); a weights-only load
+takes the model but not the step; a checkpoint of another architecture fails naming the tensor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.distributed.launcher import run_ranks
+from tests.distributed.scenarios import load_only, train_save
+
+SMALL = ["model.vocab_size=512", "data.synthetic_vocab=64", "data.seq_length=32", "train.iters=3",
+         "optimizer.warmup_iters=1"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tp2") / "run"
+    results = run_ranks(2, train_save, SMALL + ["parallel.tp=2", "parallel.distributed_optimizer=false"], str(run_dir))
+    return run_dir / "checkpoints", results[0]
+
+
+@pytest.fixture(scope="module")
+def saved_distopt(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("dp2") / "run"
+    results = run_ranks(2, train_save, SMALL + ["parallel.distributed_optimizer=true"], str(run_dir))
+    return run_dir / "checkpoints", results[0]
+
+
+def _assert_identical(ref: dict, got: dict) -> None:
+    for name, value in ref["params"].items():
+        assert torch.equal(got["params"][name], value), name
+    torch.testing.assert_close(got["logits"], ref["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_tp2_checkpoint_loads_at_tp1(saved):
+    ckpt, ref = saved
+    (got,) = run_ranks(1, load_only, SMALL, str(ckpt), False)
+    _assert_identical(ref, got)
+    assert got["step"] == 3 and got["consumed"] == 24
+
+
+def test_tp2_checkpoint_loads_at_dp2_with_distributed_optimizer(saved):
+    ckpt, ref = saved
+    results = run_ranks(2, load_only, SMALL + ["parallel.distributed_optimizer=true"], str(ckpt), False)
+    for got in results:
+        _assert_identical(ref, got)
+
+
+def test_distributed_optimizer_checkpoint_loads_at_tp2(saved_distopt):
+    ckpt, ref = saved_distopt
+    results = run_ranks(2, load_only, SMALL + ["parallel.tp=2"], str(ckpt), False)
+    _assert_identical(ref, results[0])
+
+
+def test_weights_only_load_keeps_step_zero(saved):
+    ckpt, ref = saved
+    (got,) = run_ranks(1, load_only, SMALL + ["data.seq_length=64"], str(ckpt), True)
+    for name, value in ref["params"].items():
+        assert torch.equal(got["params"][name], value), name
+    assert got["step"] == 0 and got["consumed"] == 0
+
+
+def test_other_architecture_names_first_mismatched_tensor(saved):
+    ckpt, _ = saved
+    with pytest.raises(RuntimeError, match=r"tensor '[\w.]+' has shape \([\d, ]+\) but this config builds \([\d, ]+\)"):
+        run_ranks(1, load_only, SMALL + ["model.ffn_hidden_size=96"], str(ckpt), True)
