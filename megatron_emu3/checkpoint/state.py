@@ -92,26 +92,38 @@ def vocab_facts(cfg) -> dict:
             "first_vision_code": tokens.FIRST_VISION_CODE, "num_vision_codes": tokens.NUM_VISION_CODES}
 
 
-def save_checkpoint(run, ckpt_dir: str | Path) -> Path:
-    """Save `run` at its current step (all ranks call this); returns the published directory."""
-    step = run.state.step
+def _save(sharded: dict, cfg, ckpt_dir: str | Path, step: int, keep_last: int) -> Path:
+    """Write `sharded` under ``iter_<step>.partial``, then publish it (rank 0) once all ranks finished."""
     partial = layout.partial_dir(ckpt_dir, step)
-    start = time.perf_counter()
-    if run.env.rank == 0:
+    rank = dist.get_rank()
+    if rank == 0:
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save(_sharded_state(run, is_loading=False), str(partial))
+    dist_checkpointing.save(sharded, str(partial))
     dist.barrier()
-    final = layout.Path(ckpt_dir) / layout.iter_dir_name(step)
-    if run.env.rank == 0:
-        save_config(run.cfg, partial / "config.yaml")
-        (partial / "vocab.json").write_text(json.dumps(vocab_facts(run.cfg), indent=2) + "\n")
-        final = layout.commit(ckpt_dir, step, run.cfg.checkpoint.keep_last)
+    final = Path(ckpt_dir) / layout.iter_dir_name(step)
+    if rank == 0:
+        save_config(cfg, partial / "config.yaml")
+        (partial / "vocab.json").write_text(json.dumps(vocab_facts(cfg), indent=2) + "\n")
+        final = layout.commit(ckpt_dir, step, keep_last)
     dist.barrier()
+    return final
+
+
+def save_checkpoint(run, ckpt_dir: str | Path) -> Path:
+    """Save `run` at its current step (all ranks call this); returns the published directory."""
+    start = time.perf_counter()
+    final = _save(_sharded_state(run, is_loading=False), run.cfg, ckpt_dir, run.state.step,
+                  run.cfg.checkpoint.keep_last)
     logger.info("saved checkpoint %s in %.2fs", final, time.perf_counter() - start)
     return final
+
+
+def save_model_weights(gpt: torch.nn.Module, cfg, ckpt_dir: str | Path, step: int = 0) -> Path:
+    """Write a model-only checkpoint (e.g. imported weights) that `load_weights_from` accepts."""
+    return _save({"model": gpt.sharded_state_dict()}, cfg, ckpt_dir, step, keep_last=0)
 
 
 def check_model_shapes(model_sd: dict, path: Path) -> None:
@@ -132,16 +144,23 @@ def check_model_shapes(model_sd: dict, path: Path) -> None:
                 f"{tuple(wanted.global_shape)}; the architectures differ (compare {path}/config.yaml)")
 
 
+def load_model_weights(gpt: torch.nn.Module, path: str | Path) -> Path:
+    """Load only the model tensors of checkpoint `path` into an (unwrapped) GPTModel."""
+    path = layout.resolve_checkpoint_path(path)
+    model_sd = gpt.sharded_state_dict()
+    check_model_shapes(model_sd, path)
+    loaded = dist_checkpointing.load({"model": model_sd}, str(path))
+    gpt.load_state_dict(loaded["model"])
+    return path
+
+
 def load_checkpoint(run, path: str | Path, weights_only: bool = False) -> Path:
     """Load a checkpoint (a CKPT_DIR with ``latest`` or an iteration dir) into `run`."""
     path = layout.resolve_checkpoint_path(path)
     start = time.perf_counter()
     gpt = unwrap(run.model)
     if weights_only:
-        model_sd = gpt.sharded_state_dict()
-        check_model_shapes(model_sd, path)
-        loaded = dist_checkpointing.load({"model": model_sd}, str(path))
-        gpt.load_state_dict(loaded["model"])
+        load_model_weights(gpt, path)
         logger.info("loaded model weights only from %s in %.2fs (new optimizer, schedule and step 0)",
                     path, time.perf_counter() - start)
         return path

@@ -51,7 +51,9 @@ def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 6
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        if "MASTER_PORT" not in os.environ:
+            # a lone process (tools, single-rank runs) must not collide with a job on the default port
+            os.environ["MASTER_PORT"] = str(_free_port()) if env.world_size == 1 else "29500"
         dist.init_process_group(
             backend="nccl" if on_gpu else "gloo",
             rank=env.rank,
@@ -67,6 +69,14 @@ def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 6
         )
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)
     return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def destroy_distributed() -> None:

@@ -81,3 +81,22 @@ def load_only(overrides: list[str], checkpoint: str, weights_only: bool) -> dict
     finally:
         destroy_distributed()
     return out
+
+
+def logits_from_full_state(overrides: list[str], full_path: str, token_path: str) -> torch.Tensor:
+    """Build our model under `overrides` from a full state file and return its logits on the tokens."""
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.parallel.setup import destroy_distributed
+    from megatron_emu3.training.trainer import build_run
+
+    cfg = resolve_config(RECIPE, overrides)
+    run = build_run(cfg, full_state=torch.load(full_path))
+    tokens = torch.load(token_path)
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    run.model.eval()
+    with torch.no_grad():
+        logits = gather_from_tensor_model_parallel_region(run.model(tokens, positions, None)).float()
+    destroy_distributed()
+    return logits[..., : cfg.model.vocab_size]
