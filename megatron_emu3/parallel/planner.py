@@ -1,0 +1,108 @@
+"""Memory and throughput planner: per-GPU memory and model FLOPs for a config and a layout.
+
+Pure arithmetic over the config (no torch). Conventions, stated wherever a number is printed:
+- model FLOPs per token = 6 x (matmul parameters incl. the output layer, excl. the input embedding)
+  + 6 x layers x seq x hidden for attention, counting causal attention as half (Megatron-Bridge's
+  convention). Emu3-8B: ~50.4 GFLOP/token at 5,120 and ~149.5 at 131,072.
+- memory: bf16 weights (2 B/param), fp32 main gradients (4 B), fp32 master weights + Adam m, v
+  (12 B; sharded over dp x cp with the distributed optimizer); activations with flash-style attention
+  (no s x s scores stored), bf16, per layer per token:
+  14 h + 4 h_kv + 6 f bytes (norm inputs, QKV, attention output, MLP in/out, SwiGLU halves, dropout
+  masks), divided by tp with sequence parallelism and by cp; full recompute keeps only each layer's
+  input (2 h) plus one layer's working set; logits cost 6 B x vocab / tp per token (bf16 + fp32 CE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_emu3.config.schema import Config
+from megatron_emu3.config.validation import padded_vocab_size
+from megatron_emu3.model.build import count_parameters
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Layout:
+    tp: int
+    cp: int
+    dp: int
+    recompute: str  # none | selective | full
+    distributed_optimizer: bool = True
+    sequence_parallel: bool = True
+
+
+def model_flops_per_token(cfg: Config, seq_len: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward), causal attention counted as half."""
+    m = cfg.model
+    seq = seq_len or cfg.data.seq_length
+    counts = count_parameters(m)
+    matmul_params = counts["layers"] - 2 * m.hidden_size * m.num_layers + m.vocab_size * m.hidden_size
+    return 6.0 * matmul_params + 6.0 * m.num_layers * seq * m.hidden_size
+
+
+def activation_bytes_per_token_per_layer(cfg: Config) -> float:
+    m = cfg.model
+    head_dim = m.hidden_size // m.num_attention_heads
+    return 14 * m.hidden_size + 4 * m.num_query_groups * head_dim + 6 * m.ffn_hidden_size
+
+
+def memory_per_gpu(cfg: Config, layout: Layout, micro_batch_size: int | None = None) -> dict[str, float]:
+    """Bytes per GPU by part for `layout` (weights, grads, optimizer, activations, logits, total)."""
+    m = cfg.model
+    mbs = micro_batch_size or cfg.data.micro_batch_size
+    vocab = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, layout.tp)
+    params = count_parameters(m, vocab)["total"] / layout.tp
+    weights = 2 * params
+    grads = 4 * params
+    optimizer = 12 * params / (layout.dp * layout.cp if layout.distributed_optimizer else 1)
+    tokens_local = mbs * cfg.data.seq_length / layout.cp
+    per_layer = activation_bytes_per_token_per_layer(cfg) * tokens_local / (layout.tp if layout.sequence_parallel else 1)
+    if layout.recompute == "full":
+        activations = m.num_layers * 2 * m.hidden_size * tokens_local / layout.tp + per_layer
+    else:
+        activations = m.num_layers * per_layer
+        if layout.recompute == "none":
+            # attention output of the core kernel is kept twice without recompute (input + output)
+            activations += m.num_layers * 2 * m.hidden_size * tokens_local / layout.tp
+    logits = 6 * vocab / layout.tp * tokens_local
+    total = weights + grads + optimizer + activations + logits
+    return {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations,
+            "logits": logits, "total": total}
+
+
+def candidate_layouts(cfg: Config, world_size: int, gpus_per_node: int) -> list[Layout]:
+    """Every valid layout: tp within a node dividing heads/KV heads, seq divisible by 2*cp."""
+    m = cfg.model
+    out = []
+    for tp in (1, 2, 4, 8):
+        if tp > gpus_per_node or m.num_attention_heads % tp or (m.num_query_groups % tp and tp % m.num_query_groups):
+            continue
+        for cp in (1, 2, 4, 8, 16, 32):
+            if world_size % (tp * cp) or (cp > 1 and cfg.data.seq_length % (2 * cp)):
+                continue
+            dp = world_size // (tp * cp)
+            if cfg.data.global_batch_size % (cfg.data.micro_batch_size * dp):
+                continue
+            for recompute in ("none", "selective", "full"):
+                out.append(Layout(tp, cp, dp, recompute, sequence_parallel=tp > 1))
+    return out
+
+
+def suggest(cfg: Config, world_size: int, gpus_per_node: int, gpu_memory_gib: float,
+            headroom: float = 0.85) -> tuple[Layout | None, list[tuple[Layout, dict]]]:
+    """The cheapest layout that fits `headroom` of GPU memory, and all candidates with their memory.
+
+    Relative step-time costs: full recompute reruns the forward (~+33%), selective recompute only the
+    core attention (~+2%); each extra TP rank adds exposed all-gather/reduce-scatter (~5%), each extra
+    CP rank a little exposed ring traffic (~2%, mostly overlapped with attention compute).
+    """
+    recompute_cost = {"none": 0, "selective": 0.02, "full": 0.33}
+    rows = [(layout, memory_per_gpu(cfg, layout)) for layout in candidate_layouts(cfg, world_size, gpus_per_node)]
+    fitting = [(l, mem) for l, mem in rows if mem["total"] <= headroom * gpu_memory_gib * GIB]
+    if not fitting:
+        return None, rows
+    best = min(fitting, key=lambda item: recompute_cost[item[0].recompute] + 0.05 * (item[0].tp - 1)
+               + 0.02 * (item[0].cp - 1))
+    return best[0], rows
