@@ -32,6 +32,7 @@ from megatron_emu3.checkpoint.optimizer_compat import (
 from megatron_emu3.config.loading import save_config
 from megatron_emu3.config.validation import padded_vocab_size
 from megatron_emu3.data import tokens
+from megatron_emu3.model.build import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +41,6 @@ OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint's tensors do not fit the model the config builds."""
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The GPTModel inside DDP / Float16Module wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def _layout_facts(run) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from megatron.core.models.gpt import GPTModel
 
 from megatron_emu3.config.schema import Config, ModelConfig
@@ -41,7 +43,7 @@ def count_parameters(model: ModelConfig, vocab_size: int | None = None) -> dict[
 
 def build_model(cfg: Config) -> GPTModel:
     """This rank's shard of the model, on the current device, in the config's precision."""
-    spec, why = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers)
+    spec, why, is_te = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers)
     logger.info("model: %s", why)
     vocab = padded_vocab_size(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
     model = GPTModel(
@@ -56,4 +58,13 @@ def build_model(cfg: Config) -> GPTModel:
         position_embedding_type="rope",
         rotary_base=cfg.model.rope_base,
     )
+    # the TE spec takes documents as THD packed sequences, the local spec as a boolean mask
+    model.uses_thd = is_te
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The GPTModel inside DDP / Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
     return model

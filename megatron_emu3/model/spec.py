@@ -77,8 +77,8 @@ def local_block_spec(num_layers: int) -> TransformerBlockSubmodules:
     return TransformerBlockSubmodules(layer_specs=[local_layer_spec()] * num_layers, layer_norm=RMSNorm)
 
 
-def decoder_spec(backend: str, num_layers: int) -> tuple[ModuleSpec | TransformerBlockSubmodules, str]:
-    """The decoder spec for attention backend `backend` (auto|sdpa|te|flash) and a log line of why."""
+def decoder_spec(backend: str, num_layers: int) -> tuple[ModuleSpec | TransformerBlockSubmodules, str, bool]:
+    """(decoder spec, a log line of why, whether it is Transformer Engine) for `backend`."""
     usable, reason = te_available()
     if backend == "te" and not usable:
         raise RuntimeError(f"parallel.attention_backend=te but Transformer Engine cannot be used: {reason}")
@@ -86,6 +86,6 @@ def decoder_spec(backend: str, num_layers: int) -> tuple[ModuleSpec | Transforme
         raise RuntimeError("parallel.attention_backend=flash is not wired into the layer spec yet; "
                            "use auto, te or sdpa")
     if backend == "te" or (backend == "auto" and usable):
-        return te_layer_spec(), f"Transformer Engine layer spec ({reason})"
+        return te_layer_spec(), f"Transformer Engine layer spec ({reason})", True
     why = "requested" if backend == "sdpa" else f"auto: {reason}"
-    return local_block_spec(num_layers), f"local layer spec with torch SDPA attention ({why})"
+    return local_block_spec(num_layers), f"local layer spec with torch SDPA attention ({why})", False

@@ -17,7 +17,8 @@ from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 
 from megatron_emu3.data.tokens import FIRST_VISION_CODE
-from megatron_emu3.model.attention import document_attention_mask
+from megatron_emu3.model.build import unwrap
+from megatron_emu3.model.inputs import model_inputs
 
 STAT_KEYS = ("weighted_ce", "weight", "text_ce", "text_count", "vision_ce", "vision_count")
 
@@ -40,9 +41,9 @@ def loss_sums(ce: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> 
 
 def forward_ce(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-token cross-entropy [b, s] (fp32) of one micro-batch."""
-    mask = document_attention_mask(batch["segment_ids"])
-    ce = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])
-    return ce.float()
+    thd = getattr(unwrap(model), "uses_thd", False)
+    ce = model(**model_inputs(batch, thd))
+    return ce.float().reshape(batch["labels"].shape)
 
 
 def _reduce_group():

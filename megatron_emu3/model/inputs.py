@@ -1,0 +1,38 @@
+"""Turn a batch of packed samples into the arguments of the model's forward, per attention backend.
+
+- local spec (torch SDPA): a boolean document mask [b, 1, s, s] from the segment ids.
+- Transformer Engine spec: the THD (packed) format. The b samples of a micro-batch are laid end to
+  end as one row [1, b*s]; `cu_seqlens` marks every document (documents never cross a sample
+  boundary, so this is exactly the per-sample attention), and TE's fused attention never attends
+  across them. RoPE positions restart per document in this format (equivalent for attention, since
+  RoPE scores depend only on distances inside a document).
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.packed_seq_params import PackedSeqParams
+
+from megatron_emu3.model.attention import document_attention_mask
+
+
+def packed_seq_params(segment_ids: torch.Tensor) -> PackedSeqParams:
+    """THD parameters for segment ids [b, s] flattened to one row of b*s tokens."""
+    b, s = segment_ids.shape
+    # make segment ids unique across samples, then find every change point
+    flat = (segment_ids.to(torch.int64) + torch.arange(b, device=segment_ids.device)[:, None] * (s + 1)).reshape(-1)
+    starts = torch.nonzero(flat[1:] != flat[:-1]).flatten() + 1
+    cu = torch.cat([flat.new_zeros(1), starts, flat.new_tensor([b * s])]).to(torch.int32)
+    max_len = int((cu[1:] - cu[:-1]).max().item())
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu,
+                           cu_seqlens_kv_padded=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len)
+
+
+def model_inputs(batch: dict[str, torch.Tensor], thd: bool) -> dict:
+    """Keyword arguments for GPTModel.forward (tokens, positions, mask or packed params, labels)."""
+    if not thd:
+        return dict(input_ids=batch["tokens"], position_ids=batch["position_ids"],
+                    attention_mask=document_attention_mask(batch["segment_ids"]), labels=batch["labels"])
+    return dict(input_ids=batch["tokens"].reshape(1, -1), position_ids=batch["position_ids"].reshape(1, -1),
+                attention_mask=None, labels=batch["labels"].reshape(1, -1),
+                packed_seq_params=packed_seq_params(batch["segment_ids"]))
