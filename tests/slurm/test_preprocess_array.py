@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.slurm.jobs import REPO, SLURM_DIR, TERMINAL, job_env, wait_for
+from tests.slurm.jobs import REPO, SLURM_DIR, TERMINAL, job_env, track, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -21,7 +21,8 @@ def tiny_vq(path):
     from transformers import Emu3VQVAE, Emu3VQVAEConfig
 
     config = Emu3VQVAEConfig(base_channels=32, channel_multiplier=[1, 1, 1, 1], num_res_blocks=1,
-                             attn_resolutions=[], embed_dim=4, latent_channels=4)
+                             attn_resolutions=[], embed_dim=4, latent_channels=4, hidden_size=32,
+                             num_attention_heads=1)
     Emu3VQVAE(config).eval().save_pretrained(path)
     return path
 
@@ -52,6 +53,7 @@ def test_array_tasks_split_the_manifests(slurm, cleanup_jobs, tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip().split(";")[0]
+    track(job)
 
     def logs():
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(log_dir.glob("*.out")))

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 def test_signal_saves_requeues_and_resumes(slurm, cleanup_jobs, tmp_path):
     run_dir = tmp_path / "preempt"
-    iters = 400  # long enough (tens of seconds on 2 cores) that the signal lands mid-run
+    iters = 300  # long enough (10-40 s on 2 cores) that the signal lands mid-run
     (job,) = run_script("submit.sh", str(TINY), "--run-dir", str(run_dir), "--name", "emu3-preempt", *CPU_SHAPE,
                         "--", *FAST, f"train.iters={iters}", env=job_env())
 
