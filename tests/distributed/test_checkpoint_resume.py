@@ -17,8 +17,10 @@ import pytest
 from megatron_emu3.checkpoint import layout
 
 REPO = Path(__file__).resolve().parents[2]
-ARGS = ["--config", str(REPO / "examples/recipes/tiny.yaml"), "train.iters=8", "checkpoint.interval=3",
-        "model.hidden_dropout=0.1", "model.attention_dropout=0.1", "data.seq_length=128"]
+ITERS = 60
+ARGS = ["--config", str(REPO / "examples/recipes/tiny.yaml"), f"train.iters={ITERS}", "checkpoint.interval=10",
+        "model.hidden_dropout=0.1", "model.attention_dropout=0.1", "data.seq_length=128", "model.vocab_size=512",
+        "optimizer.warmup_iters=2"]
 
 
 def _train(run_dir: Path, *extra: str, wait: bool = True, timeout: float = 300):
@@ -55,7 +57,7 @@ def _wait_for_step(run_dir: Path, step: int, proc, timeout: float = 240) -> None
             return
         if proc.poll() is not None:
             raise AssertionError(f"run exited early:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.kill()
     raise AssertionError(f"step {step} not reached in {timeout}s")
 
@@ -70,17 +72,19 @@ def uninterrupted(tmp_path_factory):
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     proc = _train(run_dir, wait=False)
-    _wait_for_step(run_dir, 4, proc)
+    _wait_for_step(run_dir, 12, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert layout.find_latest(run_dir / "checkpoints").name == "iter_0000003"
+    assert not (run_dir / "COMPLETE").exists(), "the run finished before the kill; raise ITERS"
+    saved = layout.step_of(layout.find_latest(run_dir / "checkpoints"))
+    assert saved >= 10 and saved % 10 == 0
     out = _train(run_dir)
-    assert "resumed from" in out and "at step 3" in out
+    assert "resumed from" in out and f"at step {saved}" in out
     resumed = _losses(run_dir)
-    assert sorted(resumed) == list(range(1, 9))
-    for step in range(1, 9):
+    assert sorted(resumed) == list(range(1, ITERS + 1))
+    for step in range(1, ITERS + 1):
         assert resumed[step] == uninterrupted[step], f"step {step}: {resumed[step]!r} != {uninterrupted[step]!r}"
-    assert (run_dir / "COMPLETE").read_text().strip() == "8"
+    assert (run_dir / "COMPLETE").read_text().strip() == str(ITERS)
 
 
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path, uninterrupted):
@@ -92,7 +96,7 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, uninterrupted):
     (partial / "__0_0.distcp").write_bytes(b"half written")
     out = _train(run_dir)
     assert "resumed from" in out and "at step 3" in out
-    assert _losses(run_dir)[8] == uninterrupted[8]
+    assert _losses(run_dir)[ITERS] == uninterrupted[ITERS]
     assert not partial.exists()
 
 
