@@ -64,6 +64,8 @@ class BlendSpec:
     """A vision document longer than seq_len + 1: skip (counted and logged) | error."""
     split_seed: int = 1234
     pack_window: int = 10_000
+    text_fill: bool = False
+    """Opt-in: cut text documents to fill the gaps beside vision documents (see packing.py)."""
     extra: dict = field(default_factory=dict, compare=False)
 
 

@@ -46,7 +46,7 @@ def blend_spec_from_config(data_cfg, base_dir: str | None = None) -> BlendSpec:
 
     Fields read: ``sources`` (list of ``{prefix: PATH | [PATHS], weight: FLOAT, name: STR}``),
     ``split`` ("98,2"), ``vision_loss_weight``, ``loss_policy``, and optionally ``cache_dir``,
-    ``oversize_vision`` (skip | error), ``split_seed``, ``pack_window``. Relative paths are taken
+    ``oversize_vision`` (skip | error), ``split_seed``, ``pack_window``, ``text_fill``. Relative paths are taken
     from `base_dir` when given.
     """
     if isinstance(data_cfg, BlendSpec):
@@ -74,6 +74,7 @@ def blend_spec_from_config(data_cfg, base_dir: str | None = None) -> BlendSpec:
         oversize_vision=str(_get(data_cfg, "oversize_vision", "skip")),
         split_seed=int(_get(data_cfg, "split_seed", 1234)),
         pack_window=int(_get(data_cfg, "pack_window", DEFAULT_WINDOW)),
+        text_fill=bool(_get(data_cfg, "text_fill", False)),
     )
 
 
@@ -85,8 +86,13 @@ class Corpus:
     doc_offsets: np.ndarray  # int64 [n_shards + 1]: global id of each shard's first document
     lengths: np.ndarray  # int64 [n_docs]
     kinds: np.ndarray  # int8 [n_docs]
-    source_docs: list[np.ndarray]  # global ids per source (oversize vision documents removed)
+    source_docs: list[np.ndarray]  # global ids per source, all of them (the split is drawn over these)
+    usable: np.ndarray  # bool [n_docs]: False for vision documents longer than the window
     skipped: list[int]  # oversize vision documents per source
+
+    def __getstate__(self):
+        # reading samples needs only the shards and offsets; the per-document arrays are for building
+        return dict(self.__dict__, lengths=None, kinds=None, source_docs=None, usable=None)
 
     def locate(self, doc: int) -> tuple[ShardSet, int]:
         s = int(np.searchsorted(self.doc_offsets, doc, side="right")) - 1
@@ -112,13 +118,14 @@ def open_corpus(spec: BlendSpec, seq_len: int) -> Corpus:
     lengths = np.concatenate([s.lengths for s in shards]).astype(np.int64) if shards else np.zeros(0, np.int64)
     kinds = np.concatenate([s.kinds for s in shards]) if shards else np.zeros(0, np.int8)
     source_docs, skipped = [], []
+    usable = ~((kinds != DocKind.TEXT) & (lengths > capacity))
     for src, members in zip(spec.sources, per_source):
         docs = np.concatenate([np.arange(doc_offsets[m], doc_offsets[m + 1]) for m in members]) \
             if len(members) else np.zeros(0, np.int64)
         if len(docs) == 0:
             raise ValueError(f"blend component {src.label!r} has no documents (shards: {list(src.prefixes)}); "
                              "remove it from data.sources or preprocess data into it")
-        oversize = (kinds[docs] != DocKind.TEXT) & (lengths[docs] > capacity)
+        oversize = ~usable[docs]
         n_over = int(oversize.sum())
         if n_over:
             first = int(docs[oversize][0])
@@ -131,25 +138,25 @@ def open_corpus(spec: BlendSpec, seq_len: int) -> Corpus:
                 raise ValueError(message + ": raise seq_len, preprocess at a lower resolution, or set "
                                  "data.oversize_vision=skip")
             logger.warning("%s: skipped (data.oversize_vision=skip)", message)
-            docs = docs[~oversize]
-            if len(docs) == 0:
+            if n_over == len(docs):
                 raise ValueError(f"blend component {src.label!r}: every document is longer than the window "
                                  f"of {capacity} tokens; this component is empty")
         source_docs.append(docs)
         skipped.append(n_over)
-    return Corpus(shards, doc_offsets, lengths, kinds, source_docs, skipped)
+    return Corpus(shards, doc_offsets, lengths, kinds, source_docs, usable, skipped)
 
 
 def build_plan(source_docs: Sequence[np.ndarray], lengths: np.ndarray, splittable: np.ndarray,
                weights: np.ndarray, seq_len: int, seed: int, num_samples: int | None,
-               window: int = DEFAULT_WINDOW, labels: Sequence[str] | None = None, split_index: int = 0):
+               window: int = DEFAULT_WINDOW, labels: Sequence[str] | None = None, split_index: int = 0,
+               text_fill: bool = False):
     """Plan arrays of as many blend epochs as `num_samples` needs (one epoch when None). Pure numpy."""
     capacity = seq_len + 1
     labels = list(labels or [f"source {i}" for i in range(len(source_docs))])
     streams = [SourceStream(d, lengths[d], (seed, split_index), i, lab)
                for i, (d, lab) in enumerate(zip(source_docs, labels))]
     budget = int(sum(int(lengths[d].sum()) for d in source_docs))
-    plans, orders, epoch_offsets, total = [], [], [0], 0
+    plans, orders, epoch_offsets, total, packed = [], [], [0], 0, 0
     epoch = 0
     while True:
         src, pos = blend_epoch(streams, weights, budget, (seed, split_index), epoch)
@@ -157,7 +164,8 @@ def build_plan(source_docs: Sequence[np.ndarray], lengths: np.ndarray, splittabl
         for i, d in enumerate(source_docs):
             mask = src == i
             ids[mask] = d[pos[mask]]
-        plan = pack_documents(ids, lengths[ids], splittable[ids], capacity, window)
+        plan = pack_documents(ids, lengths[ids], splittable[ids], capacity, window, text_fill)
+        packed += len(ids)
         rng = np.random.default_rng([seed, _TAG_SAMPLES, split_index, epoch])
         orders.append(rng.permutation(len(plan)).astype(np.int64) + total)
         plans.append(plan)
@@ -172,7 +180,9 @@ def build_plan(source_docs: Sequence[np.ndarray], lengths: np.ndarray, splittabl
         "piece_len": plan.piece_len, "sample_order": np.concatenate(orders),
         "epoch_offsets": np.asarray(epoch_offsets, dtype=np.int64),
     }
-    info = {"epochs": epoch, "samples": total, "pad_tokens": plan.pad_tokens(capacity),
+    info = {"epochs": epoch, "samples": total, "documents_packed": packed, "pieces": int(len(plan.piece_doc)),
+            "extra_pieces": int(len(plan.piece_doc)) - packed,  # pieces beyond one per document (splits)
+            "pad_tokens": plan.pad_tokens(capacity),
             "pad_fraction": plan.pad_tokens(capacity) / max(1, total * capacity)}
     return arrays, info
 
@@ -188,6 +198,25 @@ class PackedDataset:
         self.sample_order = arrays["sample_order"]
         self.epoch_offsets = arrays["epoch_offsets"]
         self.info = dict(info or {})
+
+    def __getstate__(self):
+        # memory maps would be pickled as full copies: send the cache path and reopen it instead
+        state = dict(self.__dict__)
+        if self.info.get("cache"):
+            for key in ("plan", "sample_order", "epoch_offsets"):
+                state.pop(key)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "plan" not in state:
+            loaded = index_cache.load_cached(self.info["cache"])
+            if loaded is None:
+                raise FileNotFoundError(f"the data index {self.info['cache']} is gone; rebuild the datasets")
+            arrays = loaded[0]
+            self.plan = PackingPlan(arrays["sample_offsets"], arrays["piece_doc"], arrays["piece_start"],
+                                    arrays["piece_len"])
+            self.sample_order, self.epoch_offsets = arrays["sample_order"], arrays["epoch_offsets"]
 
     def __len__(self) -> int:
         return len(self.sample_order)
@@ -212,7 +241,7 @@ class PackedDataset:
             piece = shard.read(local, start, length)
             shard.check_tokens(local, piece)
             tokens.append(piece)
-            kinds.append(int(self.corpus.kinds[doc]))
+            kinds.append(int(shard.kinds[local]))
         return assemble_sample(tokens, kinds, self.seq_len, self.table)
 
 
@@ -222,7 +251,9 @@ def _split_dataset(spec: BlendSpec, corpus: Corpus, weights: np.ndarray, split_i
     fractions = spec.split
     docs, keep_weights, labels = [], [], []
     for i, (src, source_docs) in enumerate(zip(spec.sources, corpus.source_docs)):
+        # the split is drawn over all documents, so it does not move when seq_len changes what fits
         part = source_docs[split_documents(len(source_docs), fractions, spec.split_seed, i)[split_index]]
+        part = part[corpus.usable[part]]
         if len(part) == 0:
             if split_index == 0:
                 raise ValueError(f"blend component {src.label!r} has no training documents with "
@@ -243,7 +274,7 @@ def _split_dataset(spec: BlendSpec, corpus: Corpus, weights: np.ndarray, split_i
         "shards": [s.fingerprint() for s in corpus.shards],
         "sources": [[list(src.prefixes), float(wt)] for src, wt in zip(spec.sources, weights)],
         "seq_len": seq_len, "seed": seed, "num_samples": num_samples, "window": spec.pack_window,
-        "oversize_vision": spec.oversize_vision,
+        "oversize_vision": spec.oversize_vision, "text_fill": spec.text_fill,
     }
     cache_root = spec.cache_dir or os.path.join(os.path.dirname(os.path.abspath(corpus.shards[0].prefix)),
                                                 "index_cache")
@@ -251,7 +282,7 @@ def _split_dataset(spec: BlendSpec, corpus: Corpus, weights: np.ndarray, split_i
 
     def build():
         arrays, info = build_plan(docs, corpus.lengths, splittable, w, seq_len, seed, num_samples,
-                                  spec.pack_window, labels, split_index)
+                                  spec.pack_window, labels, split_index, spec.text_fill)
         info["documents"] = int(sum(len(d) for d in docs))
         return arrays, info
 

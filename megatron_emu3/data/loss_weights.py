@@ -92,4 +92,5 @@ def token_classes(window: np.ndarray, segments: np.ndarray, seg_start: np.ndarra
 def table_from_config(data_cfg) -> LossWeightTable:
     """The table named by a data config (attribute or mapping with loss_policy, vision_loss_weight)."""
     get = data_cfg.get if isinstance(data_cfg, dict) else (lambda k, d=None: getattr(data_cfg, k, d))
-    return LossWeightTable(policy=get("loss_policy", "pretrain"), vision_loss_weight=float(get("vision_loss_weight", 0.5)))
+    return LossWeightTable(policy=get("loss_policy", "pretrain"),
+                           vision_loss_weight=float(get("vision_loss_weight", 0.5)))

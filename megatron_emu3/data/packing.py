@@ -23,6 +23,10 @@ Rules the plan keeps (tests check them):
   may share a bin. The overlapping token is the documented exception to "every token once per epoch":
   it appears as the last token of one piece (an input) and the first of the next (never a label).
 - Every other document is one piece; each piece starts a new segment (position ids restart at 0).
+- Opt-in ``text_fill`` (`fill_gaps_with_text`): when vision documents leave gaps that whole text
+  documents cannot fill (image-heavy blends at 5,120: ~6 % pads), text-only windows are dissolved and
+  their text is cut into those gaps with the same one-token overlap. Pads drop to ~0; the price is that
+  some text documents are split (measured in docs/benchmarks_data.md). Vision documents stay whole.
 
 `assemble_sample` turns one bin's pieces into a training sample (the contract in `sample.py`).
 """
@@ -137,12 +141,82 @@ def best_fit_decreasing(lengths: np.ndarray, capacity: int, window: int = DEFAUL
     return out
 
 
+def fill_gaps_with_text(doc_pos, start, length, bins, splittable_item, capacity: int, min_gap: int = 16):
+    """Opt-in (``text_fill``): pour text into the gaps of windows that hold a vision document.
+
+    Text-only bins are dissolved, least full first, until their tokens cover the gaps (>= `min_gap`)
+    left beside vision documents; their pieces are poured into those gaps in order, cut where a gap
+    ends with the same one-token overlap as long documents (every label still trained exactly once),
+    and what is left is cut into full windows. Vision documents stay whole; text documents in the
+    dissolved bins may now be split. Returns new (doc_pos, start, length, bins).
+    """
+    n_bins = int(bins.max()) + 1 if len(bins) else 0
+    used = np.bincount(bins, weights=length, minlength=n_bins).astype(np.int64)
+    vision_bin = np.bincount(bins, weights=(~splittable_item).astype(np.float64), minlength=n_bins) > 0
+    gap = np.where(vision_bin, capacity - used, 0)
+    gap_bins = np.flatnonzero(gap >= max(2, min_gap))
+    need = int(gap[gap_bins].sum())
+    text_bins = np.flatnonzero(~vision_bin)
+    if need == 0 or len(text_bins) == 0:
+        return doc_pos, start, length, bins
+    text_bins = text_bins[np.argsort(used[text_bins], kind="stable")]
+    cover = np.searchsorted(np.cumsum(used[text_bins]), need, side="left") + 1
+    dissolve = np.zeros(n_bins, dtype=bool)
+    dissolve[text_bins[:cover]] = True
+    keep = ~dissolve[bins]
+    stream = [(int(d), int(s), int(n)) for d, s, n in zip(doc_pos[~keep], start[~keep], length[~keep])]
+    out_d, out_s, out_n, out_b = [], [], [], []
+
+    def pour(b: int, room: int, k: int, piece):
+        """Fill `room` tokens of bin b from the stream at k; returns (k, leftover piece or None)."""
+        while room >= 2 and (piece is not None or k < len(stream)):
+            if piece is None:
+                piece, k = stream[k], k + 1
+            d, s, n = piece
+            take = min(n, room)
+            out_d.append(d)
+            out_s.append(s)
+            out_n.append(take)
+            out_b.append(b)
+            room -= take
+            piece = (d, s + take - 1, n - take + 1) if take < n else None
+        return k, piece
+
+    k, piece = 0, None
+    for b in gap_bins.tolist():
+        k, piece = pour(b, int(gap[b]), k, piece)
+    next_bin = n_bins
+    while piece is not None or k < len(stream):
+        k, piece = pour(next_bin, capacity, k, piece)
+        next_bin += 1
+    new = (np.asarray(out_d, np.int64), np.asarray(out_s, np.int64), np.asarray(out_n, np.int64),
+           np.asarray(out_b, np.int64))
+    merged = [np.concatenate([a[keep], b]) for a, b in zip((doc_pos, start, length, bins), new)]
+    # renumber bins densely (dissolved ones vanish)
+    merged[3] = np.unique(merged[3], return_inverse=True)[1].astype(np.int64)
+    return tuple(merged)
+
+
 def pack_documents(doc_ids: np.ndarray, lengths: np.ndarray, splittable: np.ndarray, capacity: int,
-                   window: int = DEFAULT_WINDOW) -> PackingPlan:
+                   window: int = DEFAULT_WINDOW, text_fill: bool = False) -> PackingPlan:
     """The plan for documents ``doc_ids`` (in the order given) packed into windows of ``capacity``."""
     doc_ids = np.asarray(doc_ids, dtype=np.int64)
+    splittable = np.asarray(splittable, dtype=bool)
     doc_pos, start, length = split_documents(lengths, splittable, capacity)
-    bins = best_fit_decreasing(length, capacity, window)
+    if not text_fill:
+        bins = best_fit_decreasing(length, capacity, window)
+    else:  # window by window, so the Python-level pouring stays bounded in memory
+        parts, n_bins = [], 0
+        for w0 in range(0, len(length), window):
+            sl = slice(w0, w0 + window)
+            filled = fill_gaps_with_text(doc_pos[sl], start[sl], length[sl],
+                                         best_fit_decreasing(length[sl], capacity, window),
+                                         splittable[doc_pos[sl]], capacity)
+            parts.append(filled[:3] + (filled[3] + n_bins,))
+            n_bins += int(filled[3].max()) + 1
+        bins = np.zeros(0, np.int64)
+        if parts:
+            doc_pos, start, length, bins = (np.concatenate(a) for a in zip(*parts))
     order = np.argsort(bins, kind="stable")  # inside a bin, pieces keep their shuffled order
     counts = np.bincount(bins, minlength=int(bins.max()) + 1 if len(bins) else 0)
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)

@@ -10,6 +10,7 @@ an error that names the file and says what to do, instead of an ``assert`` deep 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import struct
 
@@ -97,6 +98,10 @@ class ShardSet:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def __reduce__(self):
+        # reopen by name in another process (DataLoader workers under spawn) instead of pickling the maps
+        return (ShardSet, (self.prefix,))
+
     def read(self, doc: int, start: int = 0, length: int | None = None) -> np.ndarray:
         """Tokens ``[start, start + length)`` of document `doc` (int32 view of the memory map)."""
         first = int(self.pointers[doc]) // 4 + int(start)
@@ -121,5 +126,12 @@ class ShardSet:
             self.check_tokens(doc, self.read(doc))
 
     def fingerprint(self) -> list:
-        """What the index cache key records about this shard set."""
-        return [os.path.abspath(self.prefix), self.idx_size, self.bin_size, len(self)]
+        """What the index cache key records about this shard set: path, sizes and a hash of the index
+        (its first and last 4 MiB: document lengths and kinds), so a re-preprocessed shard is a new key."""
+        digest = hashlib.sha1()
+        with open(self.prefix + ".idx", "rb") as f:
+            digest.update(f.read(4 << 20))
+            if self.idx_size > 8 << 20:
+                f.seek(-(4 << 20), os.SEEK_END)
+            digest.update(f.read(4 << 20))
+        return [os.path.abspath(self.prefix), self.idx_size, self.bin_size, len(self), digest.hexdigest()]
