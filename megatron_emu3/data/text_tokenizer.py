@@ -70,6 +70,7 @@ class Emu3TextTokenizer:
         if len(ranks) != tokens.NUM_BPE_TOKENS:
             raise ValueError(f"{bpe_file} has {len(ranks)} BPE ranks; Emu3 needs exactly {tokens.NUM_BPE_TOKENS}")
         self.bpe_file = bpe_file
+        self.mergeable_ranks = ranks
         self.special_tokens = all_special_tokens()
         self._encoding = tiktoken.Encoding(
             name="emu3", pat_str=QWEN_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=self.special_tokens)

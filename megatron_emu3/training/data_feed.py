@@ -13,16 +13,33 @@ from typing import Sequence
 import torch
 
 from megatron_emu3.config.schema import Config
+from megatron_emu3.data.context_parallel import split_for_cp
 from megatron_emu3.data.sample import collate
 
 
-def build_train_dataset(cfg: Config):
-    """The training dataset named by `data.source`."""
+def build_datasets(cfg: Config):
+    """(train, valid or None) datasets named by `data.source`; every rank must call this.
+
+    For shards, the packing plan covers exactly the samples the run consumes (train.iters x global
+    batch) and, with evaluation on, the validation batches; it is built once and cached.
+    """
     if cfg.data.source == "synthetic":
         from megatron_emu3.data.synthetic import SyntheticDataset
 
-        return SyntheticDataset(cfg.data.seq_length, cfg.data.synthetic_vocab, cfg.seed)
-    raise ValueError(f"data.source={cfg.data.source!r} is not available yet; use data.source=synthetic")
+        train = SyntheticDataset(cfg.data.seq_length, cfg.data.synthetic_vocab, cfg.seed)
+        valid = SyntheticDataset(cfg.data.seq_length, cfg.data.synthetic_vocab, cfg.seed + 1)
+        return train, valid
+    from megatron_emu3.data.dataset import build_datasets as build_shard_datasets
+
+    train_samples = cfg.train.iters * cfg.data.global_batch_size
+    evaluations = cfg.train.iters // cfg.train.eval_interval if cfg.train.eval_interval else 0
+    valid_samples = (evaluations + 1) * cfg.train.eval_iters * cfg.data.global_batch_size if evaluations else None
+    return build_shard_datasets(cfg.data, cfg.data.seq_length, cfg.seed, train_samples, valid_samples)
+
+
+def build_train_dataset(cfg: Config):
+    """The training dataset alone."""
+    return build_datasets(cfg)[0]
 
 
 def rank_sample_indices(consumed: int, global_batch: int, dp_rank: int, dp_size: int) -> range:
@@ -32,10 +49,13 @@ def rank_sample_indices(consumed: int, global_batch: int, dp_rank: int, dp_size:
     return range(start, start + per_rank)
 
 
-def micro_batches(dataset, indices: Sequence[int], micro_batch_size: int, device) -> list[dict[str, torch.Tensor]]:
-    """Collate `indices` into micro-batches on `device`."""
+def micro_batches(dataset, indices: Sequence[int], micro_batch_size: int, device,
+                  cp_size: int = 1, cp_rank: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Collate `indices` into micro-batches on `device` (this CP rank's zigzag part when cp > 1)."""
     out = []
     for i in range(0, len(indices), micro_batch_size):
         samples = [dataset[j % len(dataset)] for j in indices[i:i + micro_batch_size]]
+        if cp_size > 1:
+            samples = [split_for_cp(sample, cp_size, cp_rank) for sample in samples]
         out.append({k: v.to(device) for k, v in collate(samples).items()})
     return out

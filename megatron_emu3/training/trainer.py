@@ -27,10 +27,10 @@ from megatron_emu3.config.validation import validate_config
 from megatron_emu3.model.build import build_model
 from megatron_emu3.model.full_state import load_full_state
 from megatron_emu3.parallel.setup import DistEnv, init_distributed
-from megatron_emu3.training.data_feed import build_train_dataset, micro_batches, rank_sample_indices
+from megatron_emu3.training.data_feed import build_datasets, micro_batches, rank_sample_indices
 from megatron_emu3.training.metrics import MetricsWriter
 from megatron_emu3.training.schedule import apply_lr, lr_at
-from megatron_emu3.training.step import train_step
+from megatron_emu3.training.step import eval_step, train_step
 
 logger = logging.getLogger("megatron_emu3.train")
 
@@ -87,7 +87,9 @@ def train_one_step(run: Run, dataset, device: torch.device) -> dict:
     indices = rank_sample_indices(state.consumed_samples, cfg.data.global_batch_size,
                                   parallel_state.get_data_parallel_rank(),
                                   parallel_state.get_data_parallel_world_size())
-    batches = micro_batches(dataset, indices, cfg.data.micro_batch_size, device)
+    batches = micro_batches(dataset, indices, cfg.data.micro_batch_size, device,
+                            parallel_state.get_context_parallel_world_size(),
+                            parallel_state.get_context_parallel_rank())
     start = time.perf_counter()
     result = train_step(run.model, run.optimizer, batches)
     elapsed = time.perf_counter() - start
@@ -96,6 +98,26 @@ def train_one_step(run: Run, dataset, device: torch.device) -> dict:
     tokens = cfg.data.global_batch_size * cfg.data.seq_length
     return {**result, "lr": lr, "step_time_s": elapsed, "tokens_per_s": tokens / elapsed,
             "consumed_samples": state.consumed_samples}
+
+
+def evaluate(run: Run, dataset, device: torch.device, evaluation: int) -> dict:
+    """Validation loss over `train.eval_iters` global batches (evaluation k reads its own samples)."""
+    cfg = run.cfg
+    start = evaluation * cfg.train.eval_iters * cfg.data.global_batch_size
+    stats = []
+    run.model.eval()
+    for k in range(cfg.train.eval_iters):
+        indices = rank_sample_indices(start + k * cfg.data.global_batch_size, cfg.data.global_batch_size,
+                                      parallel_state.get_data_parallel_rank(),
+                                      parallel_state.get_data_parallel_world_size())
+        batches = micro_batches(dataset, indices, cfg.data.micro_batch_size, device,
+                                parallel_state.get_context_parallel_world_size(),
+                                parallel_state.get_context_parallel_rank())
+        stats.append(eval_step(run.model, batches))
+    run.model.train()
+    keys = ("loss", "text_loss", "vision_loss")
+    return {f"valid_{k}": (sum(s[k] for s in stats) / len(stats)) if all(s[k] is not None for s in stats) else None
+            for k in keys}
 
 
 def resume_or_initialise(run: Run) -> None:
@@ -124,7 +146,7 @@ def train(cfg: Config, env: DistEnv | None = None) -> Run:
         save_config(cfg, f"{cfg.run_dir}/config.yaml")
     resume_or_initialise(run)
     metrics = MetricsWriter(cfg.run_dir, is_writer, cfg.logging.tensorboard)
-    dataset = build_train_dataset(cfg)
+    dataset, valid = build_datasets(cfg)
     device = current_device()
     dp_size = parallel_state.get_data_parallel_world_size()
     logger.info("training steps %d..%d: world %d = tp %d x cp %d x pp %d x dp %d, global batch %d x %d tokens",
@@ -136,6 +158,8 @@ def train(cfg: Config, env: DistEnv | None = None) -> Run:
     try:
         while state.step < cfg.train.iters:
             result = train_one_step(run, dataset, device)
+            if cfg.train.eval_interval and valid is not None and state.step % cfg.train.eval_interval == 0:
+                result.update(evaluate(run, valid, device, state.step // cfg.train.eval_interval - 1))
             if state.step % cfg.logging.log_interval == 0 or state.step == cfg.train.iters:
                 metrics.write({"step": state.step, **result})
             interval = cfg.checkpoint.interval

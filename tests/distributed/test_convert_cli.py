@@ -83,12 +83,11 @@ def test_hf_to_ours_to_hf_is_identical(tmp_path):
 
 
 def test_export_with_vq_is_a_conditional_generation_model(tmp_path, trained_checkpoint):
-    from transformers import Emu3ForConditionalGeneration, Emu3VQVAE, Emu3VQVAEConfig
+    from transformers import Emu3ForConditionalGeneration, Emu3VQVAE
 
-    vq = Emu3VQVAE(Emu3VQVAEConfig(codebook_size=64, embed_dim=4, latent_channels=4, base_channels=32,
-                                   channel_multiplier=[1, 2], num_res_blocks=1, attn_resolutions=[],
-                                   hidden_size=32, temporal_downsample_factor=4))
-    vq.save_pretrained(tmp_path / "vq")
+    from megatron_emu3.data.vision_tokenizer import save_tiny_vq
+
+    vq = Emu3VQVAE.from_pretrained(save_tiny_vq(tmp_path / "vq"))
     out = tmp_path / "hf"
     proc = _run("tools/convert_to_hf.py", "--checkpoint", str(trained_checkpoint), "--output", str(out),
                 "--vq-dir", str(tmp_path / "vq"), "--verify", "--dtype", "fp32")

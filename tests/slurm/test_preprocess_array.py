@@ -18,13 +18,9 @@ TOOL = REPO / "tools" / "preprocess_data.py"
 
 def tiny_vq(path):
     """A random, tiny Emu3 vision tokenizer saved as a local directory (never a hub download)."""
-    from transformers import Emu3VQVAE, Emu3VQVAEConfig
+    from megatron_emu3.data.vision_tokenizer import save_tiny_vq
 
-    config = Emu3VQVAEConfig(base_channels=32, channel_multiplier=[1, 1, 1, 1], num_res_blocks=1,
-                             attn_resolutions=[], embed_dim=4, latent_channels=4, hidden_size=32,
-                             num_attention_heads=1)
-    Emu3VQVAE(config).eval().save_pretrained(path)
-    return path
+    return save_tiny_vq(path)
 
 
 def array_states(job: str) -> list[str]:
