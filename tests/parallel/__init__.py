@@ -1,0 +1,1 @@
+"""Context-parallel (ring attention) tests: pure checks in-process, real gloo ranks spawned."""
