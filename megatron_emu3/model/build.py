@@ -43,7 +43,7 @@ def count_parameters(model: ModelConfig, vocab_size: int | None = None) -> dict[
 
 def build_model(cfg: Config) -> GPTModel:
     """This rank's shard of the model, on the current device, in the config's precision."""
-    spec, why, is_te = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers)
+    spec, why, is_te = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp)
     logger.info("model: %s", why)
     vocab = padded_vocab_size(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
     model = GPTModel(
@@ -60,6 +60,7 @@ def build_model(cfg: Config) -> GPTModel:
     )
     # the TE spec takes documents as THD packed sequences, the local spec as a boolean mask
     model.uses_thd = is_te
+    model.uses_ring = not is_te and cfg.parallel.cp > 1
     return model
 
 

@@ -1,6 +1,8 @@
 """Turn a batch of packed samples into the arguments of the model's forward, per attention backend.
 
 - local spec (torch SDPA): a boolean document mask [b, 1, s, s] from the segment ids.
+- local spec with context parallelism (ring attention): the rank's zigzag segment ids [b, s/cp]
+  themselves; the ring all-gathers them and masks every block by document and global position.
 - Transformer Engine spec: the THD (packed) format. The b samples of a micro-batch are laid end to
   end as one row [1, b*s]; `cu_seqlens` marks every document (documents never cross a sample
   boundary, so this is exactly the per-sample attention), and TE's fused attention never attends
@@ -28,8 +30,12 @@ def packed_seq_params(segment_ids: torch.Tensor) -> PackedSeqParams:
                            cu_seqlens_kv_padded=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len)
 
 
-def model_inputs(batch: dict[str, torch.Tensor], thd: bool) -> dict:
+def model_inputs(batch: dict[str, torch.Tensor], thd: bool, ring: bool = False) -> dict:
     """Keyword arguments for GPTModel.forward (tokens, positions, mask or packed params, labels)."""
+    if ring:
+        # ring attention takes this CP rank's (zigzag) segment ids and masks each block itself
+        return dict(input_ids=batch["tokens"], position_ids=batch["position_ids"],
+                    attention_mask=batch["segment_ids"], labels=batch["labels"])
     if not thd:
         return dict(input_ids=batch["tokens"], position_ids=batch["position_ids"],
                     attention_mask=document_attention_mask(batch["segment_ids"]), labels=batch["labels"])

@@ -23,6 +23,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from megatron_emu3.model.attention import SDPACoreAttention
+from megatron_emu3.model.ring_attention import RingCoreAttention
 from megatron_emu3.model.norm import RMSNorm
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def te_available() -> tuple[bool, str]:
     return True, "transformer_engine found"
 
 
-def local_layer_spec() -> ModuleSpec:
+def local_layer_spec(core_attention=SDPACoreAttention) -> ModuleSpec:
     """megatron-core TransformerLayer built from local (non-TE) modules."""
     return ModuleSpec(
         module=TransformerLayer,
@@ -48,7 +49,7 @@ def local_layer_spec() -> ModuleSpec:
                 params={"attn_mask_type": AttnMaskType.causal},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
-                    core_attention=SDPACoreAttention,
+                    core_attention=core_attention,
                     linear_proj=RowParallelLinear,
                     q_layernorm=IdentityOp,
                     k_layernorm=IdentityOp,
@@ -72,13 +73,17 @@ def te_layer_spec() -> ModuleSpec:
     return get_gpt_layer_with_transformer_engine_spec()
 
 
-def local_block_spec(num_layers: int) -> TransformerBlockSubmodules:
+def local_block_spec(num_layers: int, core_attention=SDPACoreAttention) -> TransformerBlockSubmodules:
     """All layers local, and the final norm our RMSNorm too (megatron-core would pick its torch norm)."""
-    return TransformerBlockSubmodules(layer_specs=[local_layer_spec()] * num_layers, layer_norm=RMSNorm)
+    return TransformerBlockSubmodules(layer_specs=[local_layer_spec(core_attention)] * num_layers,
+                                      layer_norm=RMSNorm)
 
 
-def decoder_spec(backend: str, num_layers: int) -> tuple[ModuleSpec | TransformerBlockSubmodules, str, bool]:
-    """(decoder spec, a log line of why, whether it is Transformer Engine) for `backend`."""
+def decoder_spec(backend: str, num_layers: int, cp: int = 1) -> tuple[ModuleSpec | TransformerBlockSubmodules, str, bool]:
+    """(decoder spec, a log line of why, whether it is Transformer Engine) for `backend`.
+
+    Without Transformer Engine, context parallelism (cp > 1) uses our ring attention.
+    """
     usable, reason = te_available()
     if backend == "te" and not usable:
         raise RuntimeError(f"parallel.attention_backend=te but Transformer Engine cannot be used: {reason}")
@@ -88,4 +93,7 @@ def decoder_spec(backend: str, num_layers: int) -> tuple[ModuleSpec | Transforme
     if backend == "te" or (backend == "auto" and usable):
         return te_layer_spec(), f"Transformer Engine layer spec ({reason})", True
     why = "requested" if backend == "sdpa" else f"auto: {reason}"
+    if cp > 1:
+        return (local_block_spec(num_layers, RingCoreAttention),
+                f"local layer spec with ring attention over context parallel {cp} ({why})", False)
     return local_block_spec(num_layers), f"local layer spec with torch SDPA attention ({why})", False

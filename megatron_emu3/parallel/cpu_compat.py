@@ -12,6 +12,7 @@ calls it. What each patch is for (found with megatron-core 0.16.1 and torch 2.13
 3. The tensor-parallel RNG tracker keeps "CUDA" RNG states; they are backed by the CPU generator
    (``torch.cuda.{get,set}_rng_state``/``manual_seed`` and the tracker's private setter/getter).
 4. ``torch.cuda.synchronize`` is a no-op (checkpoint saving and timers call it).
+5. ``pin_memory=True`` is dropped (RoPE's context-parallel split asks for pinned index tensors).
 
 Megatron-core's local ``DotProductAttention`` builds its causal mask on CUDA; we never use it (our
 own core attention, `megatron_emu3.model.attention`, replaces it in the layer spec).
@@ -49,6 +50,8 @@ class _CudaToCpuMode(TorchFunctionMode):
             return func(*args).replace("torch.", "torch.cuda.", 1)
         if _is_cuda_device(kwargs.get("device")):
             kwargs["device"] = "cpu"
+        if kwargs.get("pin_memory"):  # RoPE's context-parallel split pins; CPU-only torch cannot
+            kwargs["pin_memory"] = False
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], "cpu", *args[2:])
         return func(*args, **kwargs)

@@ -23,8 +23,8 @@ from megatron_emu3.training.loss import STAT_KEYS, global_loss, loss_sums, stack
 
 def forward_ce(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-token cross-entropy [b, s] (fp32) of one micro-batch."""
-    thd = getattr(unwrap(model), "uses_thd", False)
-    ce = model(**model_inputs(batch, thd))
+    gpt = unwrap(model)
+    ce = model(**model_inputs(batch, getattr(gpt, "uses_thd", False), getattr(gpt, "uses_ring", False)))
     return ce.float().reshape(batch["labels"].shape)
 
 

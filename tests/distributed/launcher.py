@@ -25,6 +25,7 @@ def _entry(rank: int, world_size: int, port: int, fn, args, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)  # torch is already imported here: the env var alone comes too late
     try:
         buffer = io.BytesIO()  # tensors through a Queue share fds that die with the child: send bytes
         torch.save(fn(*args), buffer)

@@ -56,3 +56,10 @@ def test_data_parallel_2_distributed_optimizer_matches_single_rank(reference):
     init, ref = reference
     results = run_ranks(2, one_step, SMALL + ["parallel.distributed_optimizer=true"], init)
     _assert_close(ref, results[0], grads=False)
+
+
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_activation_recomputation_changes_nothing(reference, mode):
+    init, ref = reference
+    (got,) = run_ranks(1, one_step, SMALL + [f"parallel.recompute={mode}"], init)
+    _assert_close(ref, got)
