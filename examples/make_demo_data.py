@@ -6,6 +6,7 @@ Writes, under --out:
 - images/*.png: coloured shapes (circle, square, triangle) on plain backgrounds, each captioned by
   what is drawn ("a red circle on the left of a white background");
 - videos/*.mp4 (h264 via PyAV): a shape moving across the frame, captioned with its direction;
+- stage1.jsonl (texts + images) and videos.jsonl: the same rows split by training stage;
 - manifest.jsonl: one row per image (generation, every third one understanding), video and short text;
 - vq/: a random `Emu3VQVAE` of ~4M parameters (`vision_tokenizer.tiny_vq_config`), save_pretrained.
 Deterministic for a given --seed. Runs in a few seconds on 2 CPU cores.
@@ -102,9 +103,13 @@ def make_corpus(out: Path, images: int, videos: int, texts: int, size: int, vide
     for i in range(texts):
         rows.append({"text": TEXTS[i % len(TEXTS)] + f" (note {i})"})
     rng.shuffle(rows)
-    with open(out / "manifest.jsonl", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    # the whole corpus, and the two stages' parts: text + images (stage 1) and videos (added in stage 2)
+    parts = {"manifest.jsonl": rows, "stage1.jsonl": [r for r in rows if "video" not in r],
+             "videos.jsonl": [r for r in rows if "video" in r]}
+    for name, part in parts.items():
+        with open(out / name, "w", encoding="utf-8") as f:
+            for row in part:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return {"rows": len(rows), "images": images, "videos": videos, "texts": texts}
 
 

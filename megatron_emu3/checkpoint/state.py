@@ -22,6 +22,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
 
 from megatron_emu3.checkpoint import layout
+from megatron_emu3.checkpoint.vocab_padding import cut_local_rows, request_whole_vocab_tensors, vocab_rows_differ
 from megatron_emu3.checkpoint.optimizer_compat import (
     adapt_optimizer_common,
     defer_missing_master_weights,
@@ -120,8 +121,11 @@ def save_model_weights(gpt: torch.nn.Module, cfg, ckpt_dir: str | Path, step: in
     return _save({"model": gpt.sharded_state_dict()}, cfg, ckpt_dir, step, keep_last=0)
 
 
-def check_model_shapes(model_sd: dict, path: Path) -> None:
-    """Raise CheckpointMismatchError naming the first tensor whose global shape differs."""
+def check_model_shapes(model_sd: dict, path: Path, vocab_size: int) -> None:
+    """Raise CheckpointMismatchError naming the first tensor whose global shape differs.
+
+    The vocabulary padding may differ (another TP layout); `vocab_padding` handles those tensors.
+    """
     saved = dist_checkpointing.load_tensors_metadata(str(path))
     for key in sorted(model_sd):
         wanted = model_sd[key]
@@ -132,18 +136,27 @@ def check_model_shapes(model_sd: dict, path: Path) -> None:
                 f"checkpoint {path} has no tensor {wanted.key!r}; it was saved from a different architecture "
                 "(compare its config.yaml with this run's model section)")
         got = tuple(saved[wanted.key].global_shape)
-        if got != tuple(wanted.global_shape):
+        if got != tuple(wanted.global_shape) and not vocab_rows_differ(wanted, got, vocab_size):
             raise CheckpointMismatchError(
                 f"checkpoint {path}: tensor {wanted.key!r} has shape {got} but this config builds "
                 f"{tuple(wanted.global_shape)}; the architectures differ (compare {path}/config.yaml)")
 
 
+def _load(sharded: dict, path: Path, vocab_size: int) -> dict:
+    """dist_checkpointing.load, cutting vocabulary tensors saved with another padding."""
+    swaps = request_whole_vocab_tensors(sharded, dist_checkpointing.load_tensors_metadata(str(path)), vocab_size)
+    loaded = dist_checkpointing.load(sharded, str(path))
+    cut_local_rows(loaded, swaps)
+    return loaded
+
+
 def load_model_weights(gpt: torch.nn.Module, path: str | Path) -> Path:
     """Load only the model tensors of checkpoint `path` into an (unwrapped) GPTModel."""
     path = layout.resolve_checkpoint_path(path)
+    vocab_size = gpt.vocab_size_real
     model_sd = gpt.sharded_state_dict()
-    check_model_shapes(model_sd, path)
-    loaded = dist_checkpointing.load({"model": model_sd}, str(path))
+    check_model_shapes(model_sd, path, vocab_size)
+    loaded = _load({"model": model_sd}, path, vocab_size)
     gpt.load_state_dict(loaded["model"])
     return path
 
@@ -160,7 +173,7 @@ def load_checkpoint(run, path: str | Path, weights_only: bool = False) -> Path:
         return path
     init_empty_adam_state(run.optimizer)
     sharded = _sharded_state(run, is_loading=True)
-    check_model_shapes(sharded["model"], path)
+    check_model_shapes(sharded["model"], path, run.cfg.model.vocab_size)
     deferred = defer_missing_master_weights(sharded, set(dist_checkpointing.load_tensors_metadata(str(path))))
     if deferred:
         logger.info("checkpoint has no separate master weights: %d taken from the model weights", len(deferred))
@@ -168,7 +181,7 @@ def load_checkpoint(run, path: str | Path, weights_only: bool = False) -> Path:
     same_layout = saved_layout == _layout_facts(run)
     if not same_layout:
         sharded.pop("rng_state")  # per-rank RNG states only map onto the same layout
-    loaded = dist_checkpointing.load(sharded, str(path))
+    loaded = _load(sharded, path, run.cfg.model.vocab_size)
     gpt.load_state_dict(loaded["model"])
     fill_master_weights(run.optimizer, loaded["optimizer"], deferred)
     adapt_optimizer_common(run.optimizer, loaded["optimizer"])

@@ -47,12 +47,16 @@ def load_recipe(path: str | os.PathLike, _seen: Optional[list] = None) -> dict:
 
 
 def _resolve_relative_paths(data: dict, recipe_dir: Path) -> None:
-    """Data source prefixes in a recipe are relative to the recipe file unless absolute."""
+    """Expand ``$VARS`` in data source prefixes; relative prefixes are relative to the recipe file.
+
+    A prefix naming an unset variable is kept as written, so the data loader's error shows it.
+    """
     for source in (data.get("data") or {}).get("sources") or []:
         if isinstance(source, dict) and isinstance(source.get("prefix"), str):
             prefix = os.path.expandvars(source["prefix"])
-            if not os.path.isabs(prefix) and not prefix.startswith("./"):
-                source["prefix"] = str(recipe_dir / prefix)
+            if "$" not in prefix and not os.path.isabs(prefix) and not prefix.startswith("./"):
+                prefix = str(recipe_dir / prefix)
+            source["prefix"] = prefix
 
 
 def deep_merge(base: dict, top: dict) -> dict:

@@ -59,6 +59,7 @@ def build_model(cfg: Config) -> GPTModel:
         rotary_base=cfg.model.rope_base,
     )
     # the TE spec takes documents as THD packed sequences, the local spec as a boolean mask
+    model.vocab_size_real = cfg.model.vocab_size  # rows past it are megatron-core's padding
     model.uses_thd = is_te
     model.uses_ring = not is_te and cfg.parallel.cp > 1
     return model

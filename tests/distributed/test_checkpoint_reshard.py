@@ -67,3 +67,23 @@ def test_other_architecture_names_first_mismatched_tensor(saved):
     ckpt, _ = saved
     with pytest.raises(RuntimeError, match=r"tensor '[\w.]+' has shape \([\d, ]+\) but this config builds \([\d, ]+\)"):
         run_ranks(1, load_only, SMALL + ["model.ffn_hidden_size=96"], str(ckpt), True)
+
+
+FULL_VOCAB = ["data.synthetic_vocab=64", "data.seq_length=32", "train.iters=2", "optimizer.warmup_iters=1",
+              "data.global_batch_size=4"]
+
+
+@pytest.mark.parametrize("weights_only", [True, False])
+def test_padded_vocab_differs_between_tp2_and_tp1(tmp_path, weights_only):
+    """184,622 real ids: 184,832 embedding rows at TP 2, 184,704 at TP 1; the real rows carry over."""
+    run_dir = tmp_path / "run"
+    (saved, _) = run_ranks(2, train_save, FULL_VOCAB + ["parallel.tp=2"], str(run_dir))
+    (got,) = run_ranks(1, load_only, FULL_VOCAB, str(run_dir / "checkpoints"), weights_only)
+    for name, value in saved["params"].items():
+        if name.endswith(("word_embeddings.weight", "output_layer.weight")):
+            assert value.shape[0] == 184_832 and got["params"][name].shape[0] == 184_704
+            value, other = value[:184_622], got["params"][name][:184_622]
+        else:
+            other = got["params"][name]
+        assert torch.equal(other, value), name
+    assert got["step"] == (0 if weights_only else 2)
