@@ -10,6 +10,7 @@ saved tensor, and this rank's rows are cut from it afterwards; rows past the sav
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
 VOCAB_TENSORS = ("embedding.word_embeddings.weight", "output_layer.weight")
@@ -37,7 +38,9 @@ def request_whole_vocab_tensors(sharded: dict, saved_meta: dict, vocab_size: int
                 saved_shape = tuple(saved_meta[value.key].global_shape)
                 if vocab_rows_differ(value, saved_shape, vocab_size):
                     whole = torch.empty(saved_shape, dtype=value.data.dtype, device=value.data.device)
-                    node[slot] = ShardedTensor.from_rank_offsets(value.key, whole, replica_id=0)
+                    # every rank reads the whole tensor: rank 0 is its main replica, the others copies
+                    replica = dist.get_rank() if dist.is_initialized() else 0
+                    node[slot] = ShardedTensor.from_rank_offsets(value.key, whole, replica_id=replica)
                     swaps.append((path + (slot,), value))
             elif isinstance(value, (dict, list)):
                 walk(value, path + (slot,))
