@@ -10,7 +10,7 @@
    reference, not a feature equivalent.
 2. Index (packing plan) build time per million documents (in memory, from document lengths).
 3. Pad fraction of the plan at 5,120 (stage-1 mixes) and 131,072 (videos of 20k-130k tokens).
-Results are printed as a Markdown table (copied into docs/benchmarks_data.md).
+Results are printed as a Markdown table (copied into docs/benchmarks.md).
 """
 
 from __future__ import annotations

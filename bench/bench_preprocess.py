@@ -4,7 +4,7 @@ real-size Emu3 VQ architecture with random weights at 512^2 and for a 4-frame vi
 
     OMP_NUM_THREADS=2 python bench/bench_preprocess.py [--docs 4000] [--images 64] [--skip-gpu]
 
-Not a test: prints a Markdown table of the figures (docs/benchmarks_preprocess.md holds a run).
+Not a test: prints a Markdown table of the figures (docs/benchmarks.md holds a run).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ Rules the plan keeps (tests check them):
 - Opt-in ``text_fill`` (`fill_gaps_with_text`): when vision documents leave gaps that whole text
   documents cannot fill (image-heavy blends at 5,120: ~6 % pads), text-only windows are dissolved and
   their text is cut into those gaps with the same one-token overlap. Pads drop to ~0; the price is that
-  some text documents are split (measured in docs/benchmarks_data.md). Vision documents stay whole.
+  some text documents are split (measured in docs/benchmarks.md). Vision documents stay whole.
 
 `assemble_sample` turns one bin's pieces into a training sample (the contract in `sample.py`).
 """

@@ -1,0 +1,51 @@
+"""Time saving and loading a checkpoint (torch_dist) of a model configuration, on 1 process.
+
+    python bench/bench_checkpoint.py [--preset tiny] [overrides ...]
+
+Prints save and load seconds and the checkpoint size. Not a test. On a GPU machine, add
+`checkpoint.async_save=true` to compare the asynchronous save (GPU only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    from megatron_emu3.checkpoint.state import load_checkpoint, save_checkpoint
+    from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.training.data_feed import build_train_dataset
+    from megatron_emu3.training.trainer import build_run, current_device, train_one_step
+
+    root = Path(tempfile.mkdtemp(prefix="emu3-ckpt-bench-"))
+    cfg = resolve_config(None, [f"preset={args.preset}", f"run_dir={root}", "checkpoint.keep_last=1", *args.overrides])
+    run = build_run(cfg)
+    train_one_step(run, build_train_dataset(cfg), current_device())  # the optimizer state exists after a step
+    params = sum(p.numel() for p in run.model.parameters())
+    saves, loads = [], []
+    for i in range(args.repeat):
+        run.state.step = i + 1
+        start = time.perf_counter()
+        path = save_checkpoint(run, root / "checkpoints")
+        saves.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        load_checkpoint(run, path)
+        loads.append(time.perf_counter() - start)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    print(f"| {args.preset} | {params:,} | {size / 2**20:.1f} MiB | save {min(saves):.2f} s | load {min(loads):.2f} s |")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
