@@ -87,24 +87,35 @@ def vocab_facts(cfg) -> dict:
             "first_vision_code": tokens.FIRST_VISION_CODE, "num_vision_codes": tokens.NUM_VISION_CODES}
 
 
-def _save(sharded: dict, cfg, ckpt_dir: str | Path, step: int, keep_last: int) -> Path:
-    """Write `sharded` under ``iter_<step>.partial``, then publish it (rank 0) once all ranks finished."""
+def _prepare(ckpt_dir: str | Path, step: int) -> Path:
+    """Rank 0 makes an empty ``iter_<step>.partial``; every rank waits for it."""
     partial = layout.partial_dir(ckpt_dir, step)
-    rank = dist.get_rank()
-    if rank == 0:
+    if dist.get_rank() == 0:
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save(sharded, str(partial))
+    return partial
+
+
+def _publish(cfg, ckpt_dir: str | Path, step: int, keep_last: int) -> Path:
+    """After every rank wrote its part: rank 0 adds config/vocab, renames, moves ``latest``."""
     dist.barrier()
     final = Path(ckpt_dir) / layout.iter_dir_name(step)
-    if rank == 0:
+    if dist.get_rank() == 0:
+        partial = layout.partial_dir(ckpt_dir, step)
         save_config(cfg, partial / "config.yaml")
         (partial / "vocab.json").write_text(json.dumps(vocab_facts(cfg), indent=2) + "\n")
         final = layout.commit(ckpt_dir, step, keep_last)
     dist.barrier()
     return final
+
+
+def _save(sharded: dict, cfg, ckpt_dir: str | Path, step: int, keep_last: int) -> Path:
+    """Write `sharded` under ``iter_<step>.partial``, then publish it once all ranks finished."""
+    partial = _prepare(ckpt_dir, step)
+    dist_checkpointing.save(sharded, str(partial))
+    return _publish(cfg, ckpt_dir, step, keep_last)
 
 
 def save_checkpoint(run, ckpt_dir: str | Path) -> Path:
@@ -114,6 +125,50 @@ def save_checkpoint(run, ckpt_dir: str | Path) -> Path:
                   run.cfg.checkpoint.keep_last)
     logger.info("saved checkpoint %s in %.2fs", final, time.perf_counter() - start)
     return final
+
+
+class AsyncSaver:
+    """Asynchronous saves: tensors are staged to host memory, written by a background process while
+    training goes on, and published (rename + ``latest``) once every rank's writer finished.
+
+    Call `poll()` after every step (publishes finished saves) and `wait()` before exiting or before
+    loading. At most one save is in flight: a new one first waits for the previous.
+    """
+
+    def __init__(self):
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self.queue = AsyncCallsQueue()
+        self.published: list[Path] = []
+
+    def save(self, run, ckpt_dir: str | Path) -> None:
+        self.wait()
+        step, cfg = run.state.step, run.cfg
+        start = time.perf_counter()
+        partial = _prepare(ckpt_dir, step)
+        request = dist_checkpointing.save(_sharded_state(run, is_loading=False), str(partial),
+                                          async_sharded_save=True)
+
+        def publish():
+            final = _publish(cfg, ckpt_dir, step, cfg.checkpoint.keep_last)
+            self.published.append(final)
+            logger.info("saved checkpoint %s asynchronously (%.2fs after it started)", final,
+                        time.perf_counter() - start)
+
+        request.add_finalize_fn(publish)
+        self.queue.schedule_async_request(request)
+        logger.info("checkpoint of step %d staged in %.2fs; writing in the background", step,
+                    time.perf_counter() - start)
+
+    def poll(self) -> None:
+        self.queue.maybe_finalize_async_calls(blocking=False)
+
+    def wait(self) -> None:
+        self.queue.maybe_finalize_async_calls(blocking=True)
+
+    def close(self) -> None:
+        self.wait()
+        self.queue.close()
 
 
 def save_model_weights(gpt: torch.nn.Module, cfg, ckpt_dir: str | Path, step: int = 0) -> Path:

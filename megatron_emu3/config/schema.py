@@ -152,7 +152,7 @@ class CheckpointConfig:
     load_weights_from: Optional[str] = None
     """Start from the model weights of this checkpoint dir only (new optimizer, schedule, step 0)."""
     async_save: bool = False
-    """Save in the background (GPU only; ignored on CPU)."""
+    """Save in the background: tensors staged to host memory, written by a separate process, published when all ranks finished."""
 
 
 @dataclass

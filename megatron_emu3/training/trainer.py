@@ -19,7 +19,7 @@ from megatron.core.transformer.module import Float16Module
 
 from megatron_emu3.checkpoint.layout import find_latest
 from megatron_emu3.checkpoint.signals import StopFlag
-from megatron_emu3.checkpoint.state import load_checkpoint, save_checkpoint
+from megatron_emu3.checkpoint.state import AsyncSaver, load_checkpoint, save_checkpoint
 from megatron_emu3.config.loading import save_config
 from megatron_emu3.config.schema import Config
 from megatron_emu3.config.to_mcore import ddp_config, optimizer_config, transformer_config, uses_bf16
@@ -154,6 +154,14 @@ def train(cfg: Config, env: DistEnv | None = None) -> Run:
                 cfg.parallel.pp, dp_size, cfg.data.global_batch_size, cfg.data.seq_length)
     stop = StopFlag().install()
     saved_step = state.step if find_latest(checkpoint_dir(cfg)) else None
+    saver = AsyncSaver() if cfg.checkpoint.async_save else None
+
+    def save() -> None:
+        if saver is not None:
+            saver.save(run, checkpoint_dir(cfg))
+        else:
+            save_checkpoint(run, checkpoint_dir(cfg))
+
     model.train()
     try:
         while state.step < cfg.train.iters:
@@ -162,18 +170,26 @@ def train(cfg: Config, env: DistEnv | None = None) -> Run:
                 result.update(evaluate(run, valid, device, state.step // cfg.train.eval_interval - 1))
             if state.step % cfg.logging.log_interval == 0 or state.step == cfg.train.iters:
                 metrics.write({"step": state.step, **result})
+            if saver is not None:
+                saver.poll()
             interval = cfg.checkpoint.interval
             if interval and state.step % interval == 0:
-                save_checkpoint(run, checkpoint_dir(cfg))
+                save()
                 saved_step = state.step
             if stop.agreed(device):
                 if saved_step != state.step:
-                    save_checkpoint(run, checkpoint_dir(cfg))
+                    save()
+                if saver is not None:
+                    saver.wait()
                 logger.warning("saved checkpoint on signal at step %d; exiting (resume by relaunching)", state.step)
                 return run
         if cfg.checkpoint.save_at_end and saved_step != state.step:
-            save_checkpoint(run, checkpoint_dir(cfg))
+            save()
+        if saver is not None:
+            saver.wait()
     finally:
+        if saver is not None:
+            saver.queue.close(abort=True)  # after wait() this only stops the idle writer
         stop.uninstall()
         metrics.close()
     dist.barrier()

@@ -107,3 +107,17 @@ def test_relaunching_a_finished_run_trains_nothing(tmp_path):
     out = _train(run_dir, "train.iters=2", "data.seq_length=32", "optimizer.warmup_iters=1")
     assert "at step 2" in out
     assert (run_dir / "metrics.jsonl").read_text() == lines_before
+
+
+def test_async_saves_resume_like_sync_saves(tmp_path, uninterrupted):
+    """Checkpoints written in the background are published only once complete and resume exactly."""
+    run_dir = tmp_path / "run"
+    out = _train(run_dir, "train.iters=20", f"optimizer.decay_iters={ITERS}", "checkpoint.async_save=true")
+    assert "asynchronously" in out
+    assert [p.name for p in layout.complete_checkpoints(run_dir / "checkpoints")] == ["iter_0000010", "iter_0000020"]
+    assert not list((run_dir / "checkpoints").glob("*.partial"))
+    out = _train(run_dir, "checkpoint.async_save=true")
+    assert "at step 20" in out
+    resumed = _losses(run_dir)
+    for step in range(1, ITERS + 1):
+        assert resumed[step] == uninterrupted[step], step
