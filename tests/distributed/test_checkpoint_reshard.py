@@ -87,3 +87,12 @@ def test_padded_vocab_differs_between_tp2_and_tp1(tmp_path, weights_only):
             other = got["params"][name]
         assert torch.equal(other, value), name
     assert got["step"] == (0 if weights_only else 2)
+
+
+def test_context_parallel_checkpoint_loads_at_tp1(tmp_path):
+    run_dir = tmp_path / "run"
+    (saved, _) = run_ranks(2, train_save, SMALL + ["parallel.cp=2", "parallel.distributed_optimizer=true"], str(run_dir))
+    (got,) = run_ranks(1, load_only, SMALL, str(run_dir / "checkpoints"), False)
+    for name, value in saved["params"].items():
+        assert torch.equal(got["params"][name], value), name
+    assert got["step"] == 3
