@@ -50,8 +50,9 @@ def main(argv=None) -> int:
     logging.getLogger("megatron.core.rerun_state_machine").setLevel(logging.ERROR)  # "implicit init" notice
     from megatron_emu3.parallel.setup import dist_env_from_environ
 
-    if dist_env_from_environ().rank != 0:  # rank 0 logs; other ranks only warnings and errors
+    if dist_env_from_environ().rank != 0:  # rank 0 logs; other ranks their place in the job, then warnings
         logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("megatron_emu3.parallel.setup").setLevel(logging.INFO)
     _quiet_library_noise()
     try:
         cfg = resolve_config(args.config, args.overrides)

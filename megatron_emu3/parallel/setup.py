@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -68,12 +69,14 @@ def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 6
             create_gloo_process_groups=True,
         )
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)
+    logger.info("rank %d of %d (local %d) on %s: tp rank %d, cp rank %d, dp rank %d, %s", env.rank, env.world_size,
+                env.local_rank, socket.gethostname(), parallel_state.get_tensor_model_parallel_rank(),
+                parallel_state.get_context_parallel_rank(), parallel_state.get_data_parallel_rank(),
+                f"cuda:{env.local_rank}" if on_gpu else "cpu/gloo")
     return env
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
