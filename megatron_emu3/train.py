@@ -11,12 +11,11 @@ parallel.tp/cp/pp=N (data parallel = world / (tp*cp*pp)), checkpoint.interval=N.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-import warnings
 
 from megatron_emu3.config.loading import ConfigError, resolve_config
+from megatron_emu3.logs import configure_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,29 +30,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-LIBRARY_NOISE = ("Transformer Engine and Apex are not installed", "Apex is not installed")
-
-
-def _quiet_library_noise() -> None:
-    # also for the helper processes megatron-core starts (checkpoint writers): they read the env
-    os.environ["PYTHONWARNINGS"] = ",".join(f"ignore:{m}:UserWarning" for m in LIBRARY_NOISE)
-    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
-    warnings.filterwarnings("ignore", message=".*Transformer Engine.*")
-    warnings.filterwarnings("ignore", category=UserWarning, module="megatron.core")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("megatron.core").setLevel(logging.WARNING)
-    logging.getLogger("megatron.core.rerun_state_machine").setLevel(logging.ERROR)  # "implicit init" notice
     from megatron_emu3.parallel.setup import dist_env_from_environ
 
-    if dist_env_from_environ().rank != 0:  # rank 0 logs; other ranks their place in the job, then warnings
-        logging.getLogger().setLevel(logging.WARNING)
-        logging.getLogger("megatron_emu3.parallel.setup").setLevel(logging.INFO)
-    _quiet_library_noise()
+    configure_logging(dist_env_from_environ().rank)
     try:
         cfg = resolve_config(args.config, args.overrides)
         if args.dry_run:

@@ -11,9 +11,9 @@ logit difference and exits 1 above --tolerance (default 1e-4, fp32 maths).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
+
+from megatron_emu3.logs import configure_logging
 
 
 def main(argv=None) -> int:
@@ -27,9 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--verify", action="store_true")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("megatron.core").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    configure_logging(fmt="%(levelname)s %(name)s: %(message)s")
 
     from megatron_emu3.convert.export import load_hf_model, max_logit_difference
     from megatron_emu3.convert.import_hf import import_from_hf

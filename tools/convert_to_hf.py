@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-import warnings
+
+from megatron_emu3.logs import configure_logging
 
 
 def main(argv=None) -> int:
@@ -28,9 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--verify", action="store_true")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("megatron.core").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    configure_logging(fmt="%(levelname)s %(name)s: %(message)s")
 
     from megatron_emu3.convert.export import export_to_hf, load_checkpoint_model, verify_export
 
