@@ -43,12 +43,12 @@ def count_parameters(model: ModelConfig, vocab_size: int | None = None) -> dict[
 
 def build_model(cfg: Config) -> GPTModel:
     """This rank's shard of the model, on the current device, in the config's precision."""
-    spec, why, is_te = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp)
-    logger.info("model: %s", why)
+    choice = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp)
+    logger.info("model: %s", choice.why)
     vocab = padded_vocab_size(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
     model = GPTModel(
         config=transformer_config(cfg),
-        transformer_layer_spec=spec,
+        transformer_layer_spec=choice.spec,
         vocab_size=vocab,
         max_sequence_length=cfg.data.seq_length,
         pre_process=True,
@@ -58,10 +58,8 @@ def build_model(cfg: Config) -> GPTModel:
         position_embedding_type="rope",
         rotary_base=cfg.model.rope_base,
     )
-    # the TE spec takes documents as THD packed sequences, the local spec as a boolean mask
     model.vocab_size_real = cfg.model.vocab_size  # rows past it are megatron-core's padding
-    model.uses_thd = is_te
-    model.uses_ring = not is_te and cfg.parallel.cp > 1
+    model.input_format = choice.input_format  # how documents reach the attention (model/inputs.py)
     return model
 
 

@@ -1,13 +1,13 @@
 """Turn a batch of packed samples into the arguments of the model's forward, per attention backend.
 
-- local spec (torch SDPA): a boolean document mask [b, 1, s, s] from the segment ids.
-- local spec with context parallelism (ring attention): the rank's zigzag segment ids [b, s/cp]
-  themselves; the ring all-gathers them and masks every block by document and global position.
-- Transformer Engine spec: the THD (packed) format. The b samples of a micro-batch are laid end to
-  end as one row [1, b*s]; `cu_seqlens` marks every document (documents never cross a sample
-  boundary, so this is exactly the per-sample attention), and TE's fused attention never attends
-  across them. RoPE positions restart per document in this format (equivalent for attention, since
-  RoPE scores depend only on distances inside a document).
+Input formats (`DecoderChoice.input_format` in `spec.py`):
+- ``mask``: local spec with torch SDPA: a boolean document mask [b, 1, s, s] from the segment ids.
+- ``segments``: ring attention (context parallelism) and flash-attn varlen: the segment ids [b, s]
+  themselves (this CP rank's zigzag part under CP); the module masks by document itself.
+- ``thd``: Transformer Engine: the packed format. The b samples are laid end to end as one row
+  [1, b*s]; `cu_seqlens` marks every document (documents never cross a sample boundary, so this is
+  exactly the per-sample attention). RoPE positions restart per document there (equivalent for
+  attention: RoPE scores depend only on distances inside a document).
 """
 
 from __future__ import annotations
@@ -17,28 +17,36 @@ from megatron.core.packed_seq_params import PackedSeqParams
 
 from megatron_emu3.model.attention import document_attention_mask
 
+INPUT_FORMATS = ("mask", "segments", "thd")
 
-def packed_seq_params(segment_ids: torch.Tensor) -> PackedSeqParams:
-    """THD parameters for segment ids [b, s] flattened to one row of b*s tokens."""
+
+def document_cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(cu_seqlens int32 [n_docs + 1], longest document) of segment ids [b, s] flattened to b*s tokens."""
     b, s = segment_ids.shape
     # make segment ids unique across samples, then find every change point
     flat = (segment_ids.to(torch.int64) + torch.arange(b, device=segment_ids.device)[:, None] * (s + 1)).reshape(-1)
     starts = torch.nonzero(flat[1:] != flat[:-1]).flatten() + 1
     cu = torch.cat([flat.new_zeros(1), starts, flat.new_tensor([b * s])]).to(torch.int32)
-    max_len = int((cu[1:] - cu[:-1]).max().item())
+    return cu, int((cu[1:] - cu[:-1]).max().item())
+
+
+def packed_seq_params(segment_ids: torch.Tensor) -> PackedSeqParams:
+    """THD parameters for segment ids [b, s] flattened to one row of b*s tokens."""
+    cu, max_len = document_cu_seqlens(segment_ids)
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu,
                            cu_seqlens_kv_padded=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len)
 
 
-def model_inputs(batch: dict[str, torch.Tensor], thd: bool, ring: bool = False) -> dict:
+def model_inputs(batch: dict[str, torch.Tensor], input_format: str = "mask") -> dict:
     """Keyword arguments for GPTModel.forward (tokens, positions, mask or packed params, labels)."""
-    if ring:
-        # ring attention takes this CP rank's (zigzag) segment ids and masks each block itself
+    if input_format == "segments":
         return dict(input_ids=batch["tokens"], position_ids=batch["position_ids"],
                     attention_mask=batch["segment_ids"], labels=batch["labels"])
-    if not thd:
+    if input_format == "mask":
         return dict(input_ids=batch["tokens"], position_ids=batch["position_ids"],
                     attention_mask=document_attention_mask(batch["segment_ids"]), labels=batch["labels"])
-    return dict(input_ids=batch["tokens"].reshape(1, -1), position_ids=batch["position_ids"].reshape(1, -1),
-                attention_mask=None, labels=batch["labels"].reshape(1, -1),
-                packed_seq_params=packed_seq_params(batch["segment_ids"]))
+    if input_format == "thd":
+        return dict(input_ids=batch["tokens"].reshape(1, -1), position_ids=batch["position_ids"].reshape(1, -1),
+                    attention_mask=None, labels=batch["labels"].reshape(1, -1),
+                    packed_seq_params=packed_seq_params(batch["segment_ids"]))
+    raise ValueError(f"unknown model input format {input_format!r}; one of {INPUT_FORMATS}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from dataclasses import dataclass
 
 import torch
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
@@ -23,6 +24,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from megatron_emu3.model.attention import SDPACoreAttention
+from megatron_emu3.model.flash_attention import FlashVarlenCoreAttention, flash_available
 from megatron_emu3.model.ring_attention import RingCoreAttention
 from megatron_emu3.model.norm import RMSNorm
 
@@ -79,21 +81,39 @@ def local_block_spec(num_layers: int, core_attention=SDPACoreAttention) -> Trans
                                       layer_norm=RMSNorm)
 
 
-def decoder_spec(backend: str, num_layers: int, cp: int = 1) -> tuple[ModuleSpec | TransformerBlockSubmodules, str, bool]:
-    """(decoder spec, a log line of why, whether it is Transformer Engine) for `backend`.
+@dataclass(frozen=True)
+class DecoderChoice:
+    """The decoder spec picked for a run, why, and the input format its attention wants."""
 
-    Without Transformer Engine, context parallelism (cp > 1) uses our ring attention.
+    spec: ModuleSpec | TransformerBlockSubmodules
+    why: str
+    input_format: str  # mask | segments | thd (see model/inputs.py)
+
+
+def decoder_spec(backend: str, num_layers: int, cp: int = 1) -> DecoderChoice:
+    """The decoder for attention backend `backend` (auto | te | flash | sdpa).
+
+    auto: Transformer Engine when usable (fused attention, its own context parallelism), else
+    flash-attn varlen when usable and cp == 1, else torch SDPA; without Transformer Engine, context
+    parallelism (cp > 1) uses our ring attention.
     """
-    usable, reason = te_available()
-    if backend == "te" and not usable:
-        raise RuntimeError(f"parallel.attention_backend=te but Transformer Engine cannot be used: {reason}")
-    if backend == "flash":
-        raise RuntimeError("parallel.attention_backend=flash is not wired into the layer spec yet; "
-                           "use auto, te or sdpa")
-    if backend == "te" or (backend == "auto" and usable):
-        return te_layer_spec(), f"Transformer Engine layer spec ({reason})", True
-    why = "requested" if backend == "sdpa" else f"auto: {reason}"
+    te_ok, te_reason = te_available()
+    flash_ok, flash_reason = flash_available()
+    if backend == "te" and not te_ok:
+        raise RuntimeError(f"parallel.attention_backend=te but Transformer Engine cannot be used: {te_reason}")
+    if backend == "flash" and not flash_ok:
+        raise RuntimeError(f"parallel.attention_backend=flash but flash-attn cannot be used: {flash_reason}")
+    if backend == "flash" and cp > 1:
+        raise RuntimeError("parallel.attention_backend=flash has no context parallelism; use te, or sdpa (ring attention)")
+    if backend == "te" or (backend == "auto" and te_ok):
+        return DecoderChoice(te_layer_spec(), f"Transformer Engine layer spec ({te_reason})", "thd")
     if cp > 1:
-        return (local_block_spec(num_layers, RingCoreAttention),
-                f"local layer spec with ring attention over context parallel {cp} ({why})", False)
-    return local_block_spec(num_layers), f"local layer spec with torch SDPA attention ({why})", False
+        why = "requested" if backend == "sdpa" else f"auto: Transformer Engine unusable, {te_reason}"
+        return DecoderChoice(local_block_spec(num_layers, RingCoreAttention),
+                             f"local layer spec with ring attention over context parallel {cp} ({why})", "segments")
+    if backend == "flash" or (backend == "auto" and flash_ok):
+        why = "requested" if backend == "flash" else f"auto: Transformer Engine unusable ({te_reason}), {flash_reason}"
+        return DecoderChoice(local_block_spec(num_layers, FlashVarlenCoreAttention),
+                             f"local layer spec with flash-attn varlen attention ({why})", "segments")
+    why = "requested" if backend == "sdpa" else f"auto: {te_reason}; flash-attn: {flash_reason}"
+    return DecoderChoice(local_block_spec(num_layers), f"local layer spec with torch SDPA attention ({why})", "mask")

@@ -23,8 +23,7 @@ from megatron_emu3.training.loss import STAT_KEYS, global_loss, loss_sums, stack
 
 def forward_ce(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-token cross-entropy [b, s] (fp32) of one micro-batch."""
-    gpt = unwrap(model)
-    ce = model(**model_inputs(batch, getattr(gpt, "uses_thd", False), getattr(gpt, "uses_ring", False)))
+    ce = model(**model_inputs(batch, unwrap(model).input_format))
     return ce.float().reshape(batch["labels"].shape)
 
 

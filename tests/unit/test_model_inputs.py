@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from megatron_emu3.model.attention import document_attention_mask
@@ -26,7 +27,10 @@ def test_thd_flattens_samples_and_marks_every_document():
     assert params.max_seqlen_q == 3
     batch = {"tokens": torch.arange(8).view(2, 4), "position_ids": torch.tensor([[0, 1, 2, 0], [0, 0, 1, 2]]),
              "labels": torch.arange(8).view(2, 4), "segment_ids": seg}
-    thd = model_inputs(batch, thd=True)
+    thd = model_inputs(batch, "thd")
     assert thd["input_ids"].shape == (1, 8) and thd["attention_mask"] is None
-    local = model_inputs(batch, thd=False)
+    local = model_inputs(batch, "mask")
     assert local["attention_mask"].shape == (2, 1, 4, 4)
+    assert torch.equal(model_inputs(batch, "segments")["attention_mask"], seg)
+    with pytest.raises(ValueError, match="unknown model input format"):
+        model_inputs(batch, "bshd")

@@ -1,0 +1,29 @@
+"""On a CUDA machine with flash-attn: the varlen backend equals SDPA with the document mask."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.enums import AttnMaskType
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash_attn is not installed")
+def test_real_flash_kernel_matches_sdpa():
+    from megatron_emu3.model.attention import SDPACoreAttention, document_attention_mask
+    from megatron_emu3.model.flash_attention import FlashVarlenCoreAttention
+
+    cfg = TransformerConfig(num_layers=1, hidden_size=512, num_attention_heads=8, num_query_groups=2,
+                            attention_dropout=0.0, hidden_dropout=0.0, bf16=True, params_dtype=torch.bfloat16)
+    flash = FlashVarlenCoreAttention(cfg, 1, AttnMaskType.causal, "self")
+    sdpa = SDPACoreAttention(cfg, 1, AttnMaskType.causal, "self")
+    s, b = 1024, 2
+    q = torch.randn(s, b, 8, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(s, b, 2, 64, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(s, b, 2, 64, device="cuda", dtype=torch.bfloat16)
+    seg = torch.cat([torch.zeros(b, 300), torch.ones(b, 500), torch.full((b, 224), 2.0)], 1).int().cuda()
+    torch.testing.assert_close(flash(q, k, v, seg).float(), sdpa(q, k, v, document_attention_mask(seg)).float(),
+                               atol=2e-2, rtol=2e-2)
