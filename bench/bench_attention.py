@@ -1,0 +1,96 @@
+"""Attention forward+backward TFLOP/s per backend at long sequence lengths, against the bare kernel.
+
+    python bench/bench_attention.py [--seqs 8192,32768,131072] [--docs 1] [--heads 32 --kv-heads 8 --dim 128]
+
+For each available backend (torch SDPA module, flash-attn varlen module, Transformer Engine
+DotProductAttention) it times our module and the bare kernel it wraps on one GPU (bf16) or the CPU
+(fp32; use small --seqs there). FLOPs: forward 4 * s^2 * heads * dim / 2 (causal counted as half),
+backward 2.5x forward (flash-attention's convention); with D documents per sequence the causal
+document-masked work is divided by D. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def _time(fn, iters: int) -> float:
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seqs", default="8192,32768,131072")
+    parser.add_argument("--docs", type=int, default=1, help="equal documents per sequence")
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--iters", type=int, default=3)
+    args = parser.parse_args()
+    from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_emu3.model.attention import SDPACoreAttention, document_attention_mask
+    from megatron_emu3.model.flash_attention import FlashVarlenCoreAttention, flash_available
+
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    cfg = TransformerConfig(num_layers=1, hidden_size=args.heads * args.dim, num_attention_heads=args.heads,
+                            num_query_groups=args.kv_heads, attention_dropout=0.0, hidden_dropout=0.0,
+                            bf16=cuda, params_dtype=dtype)
+    print(f"device {torch.cuda.get_device_name() if cuda else 'CPU'} | torch {torch.__version__} | {dtype} | "
+          f"heads {args.heads}/{args.kv_heads} dim {args.dim} | docs per sequence {args.docs}")
+    print("| seq | backend | module ms | module TFLOP/s | bare kernel ms | bare TFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    for seq in (int(s) for s in args.seqs.split(",")):
+        flops = 3.5 * 4 * seq * seq * args.heads * args.dim / 2 / args.docs
+        q = torch.randn(seq, 1, args.heads, args.dim, device=device, dtype=dtype, requires_grad=True)
+        k = torch.randn(seq, 1, args.kv_heads, args.dim, device=device, dtype=dtype, requires_grad=True)
+        v = torch.randn(seq, 1, args.kv_heads, args.dim, device=device, dtype=dtype, requires_grad=True)
+        seg = (torch.arange(seq, device=device) * args.docs // seq).int()[None]
+        rows = []
+        if args.docs == 1 or seq <= 16384:  # a boolean [s, s] mask beyond that does not fit
+            sdpa = SDPACoreAttention(cfg, 1, AttnMaskType.causal, "self")
+            mask = None if args.docs == 1 else document_attention_mask(seg)
+            qb, kb, vb = (t.detach().permute(1, 2, 0, 3).requires_grad_() for t in (q, k, v))
+            rows.append(("torch SDPA", lambda: sdpa(q, k, v, mask).sum().backward(),
+                         lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=None if mask is None else ~mask,
+                                                                is_causal=mask is None, enable_gqa=True).sum().backward()))
+        if flash_available()[0]:
+            from flash_attn import flash_attn_varlen_func
+
+            from megatron_emu3.model.inputs import document_cu_seqlens
+
+            flash = FlashVarlenCoreAttention(cfg, 1, AttnMaskType.causal, "self")
+            cu, longest = document_cu_seqlens(seg)
+            qf, kf, vf = (t.detach()[:, 0].requires_grad_() for t in (q, k, v))
+            rows.append(("flash-attn varlen", lambda: flash(q, k, v, seg).sum().backward(),
+                         lambda: flash_attn_varlen_func(qf, kf, vf, cu, cu, longest, longest, causal=True).sum().backward()))
+        if cuda and importlib.util.find_spec("transformer_engine") is not None:
+            from transformer_engine.pytorch import DotProductAttention
+
+            te = DotProductAttention(args.heads, args.dim, num_gqa_groups=args.kv_heads, attn_mask_type="causal",
+                                     qkv_format="sbhd")
+            rows.append(("Transformer Engine", lambda: te(q, k, v).sum().backward(), None))
+        for name, module_fn, bare_fn in rows:
+            module_s = _time(module_fn, args.iters)
+            bare_s = _time(bare_fn, args.iters) if bare_fn else None
+            bare = f"{bare_s * 1e3:.1f} | {flops / bare_s / 1e12:.2f}" if bare_s else "- | -"
+            print(f"| {seq:,} | {name} | {module_s * 1e3:.1f} | {flops / module_s / 1e12:.2f} | {bare} |")
+
+
+if __name__ == "__main__":
+    main()
