@@ -8,6 +8,8 @@ PY="${PY:-.venv/bin/python}"
 DEMO_DIR="${DEMO_DIR:-runs/demo}"
 NPROC="${NPROC:-2}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# every run shows the whole pipeline: start from an empty demo directory
+rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
 DEMO_DIR="$(cd "$DEMO_DIR" && pwd)"
 export EMU3_DEMO_DATA="$DEMO_DIR/shards"
