@@ -9,7 +9,10 @@ DEMO_DIR="${DEMO_DIR:-runs/demo}"
 NPROC="${NPROC:-2}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # every run shows the whole pipeline: start from an empty demo directory
-rm -rf "$DEMO_DIR"
+case "$(realpath -m "$DEMO_DIR")" in
+    /|"$HOME"|"$(pwd)") echo "DEMO_DIR=$DEMO_DIR would delete too much; pick a dedicated directory" >&2; exit 2 ;;
+esac
+rm -rf "${DEMO_DIR:?}"
 mkdir -p "$DEMO_DIR"
 DEMO_DIR="$(cd "$DEMO_DIR" && pwd)"
 export EMU3_DEMO_DATA="$DEMO_DIR/shards"
