@@ -32,7 +32,7 @@ for part in stage1 videos; do
         --vq-dir "$DEMO_DIR/data/vq" --workers 2 --report "$EMU3_DEMO_DATA/$part/report.json" \
         --min-pixels 4096 --video-min-pixels 4096
 done
-"$PY" tools/inspect_data.py "$EMU3_DEMO_DATA/stage1/shard" --decode 0 --vq-dir "$DEMO_DIR/data/vq" \
+"$PY" tools/inspect_data.py "$EMU3_DEMO_DATA/stage1/shard" --decode 0 1 2 --vq-dir "$DEMO_DIR/data/vq" \
     --out "$DEMO_DIR/inspect"
 
 echo "== 3/6 stage 1: text + images, tensor parallel 2 -> $DEMO_DIR/stage1"
