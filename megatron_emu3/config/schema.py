@@ -180,6 +180,18 @@ class LaunchConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Preference optimisation (`python -m megatron_emu3.dpo.train`); ignored by pretraining."""
+
+    data: Optional[str] = None
+    """Preference shard prefix written by tools/make_preferences.py (required by the DPO trainer)."""
+    beta: float = 0.1
+    """DPO temperature: scale of the policy-vs-reference log-ratio margin."""
+    sft_weight: float = 0.1
+    """Weight of the next-token (CE) loss on the chosen completions added to the DPO loss."""
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -205,3 +217,5 @@ class Config:
     """Logging."""
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     """Cluster shape."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """Preference optimisation (DPO trainer only)."""

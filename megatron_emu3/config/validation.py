@@ -109,5 +109,9 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
              f"(optimizer.decay_iters or train.iters = {cfg.optimizer.decay_iters or cfg.train.iters})")
     if cfg.optimizer.min_lr > cfg.optimizer.lr:
         fail(f"optimizer.min_lr={cfg.optimizer.min_lr} is above optimizer.lr={cfg.optimizer.lr}")
+    if not cfg.dpo.beta > 0:
+        fail(f"dpo.beta={cfg.dpo.beta} must be > 0 (typical: 0.1)")
+    if not cfg.dpo.sft_weight >= 0:
+        fail(f"dpo.sft_weight={cfg.dpo.sft_weight} must be >= 0 (0 turns the next-token loss off)")
     if p.recompute_num_layers < 1 or m.num_layers % p.recompute_num_layers:
         fail(f"parallel.recompute_num_layers={p.recompute_num_layers} must divide model.num_layers={m.num_layers}")

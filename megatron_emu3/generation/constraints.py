@@ -59,3 +59,10 @@ class VisionGridLogitsProcessor:
         codes = slice(tokens.FIRST_VISION_CODE, tokens.FIRST_VISION_CODE + self.num_codes)
         masked[:, codes] = scores[:, codes]
         return masked
+
+
+class TextOnlyLogitsProcessor:
+    """Masks every vision token (SOT, SOV, EOV and the codes) so an answer stays text (image understanding)."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores.index_fill(-1, torch.arange(tokens.SOT, scores.shape[-1], device=scores.device), float("-inf"))

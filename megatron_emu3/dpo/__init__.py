@@ -1,0 +1,1 @@
+"""Direct preference optimisation: preference shards, the DPO loss and step, and the trainer (`train.py`)."""
