@@ -45,9 +45,12 @@ echo "== 5/6 Hugging Face export (Emu3ForConditionalGeneration with the VQ) -> $
 "$PY" tools/convert_to_hf.py --checkpoint "$DEMO_DIR/stage2/checkpoints" --output "$DEMO_DIR/hf" \
     --vq-dir "$DEMO_DIR/data/vq" --dtype fp32 --verify
 
-echo "== 6/6 sample a picture from the export -> $DEMO_DIR/sample.png"
+echo "== 6/6 sample a picture from the export -> $DEMO_DIR/sample.png, and from our checkpoint (KV cache)"
 "$PY" tools/sample.py --hf "$DEMO_DIR/hf" --prompt "a red circle on the left of a white background" \
     --height 8 --width 8 --top-k 64 --cfg 3.0 --out "$DEMO_DIR/sample.png"
+"$PY" tools/generate.py --checkpoint "$DEMO_DIR/stage2/checkpoints" --vq-dir "$DEMO_DIR/data/vq" \
+    --prompt "a red circle on the left of a white background" --height 8 --width 8 --top-k 64 --cfg 3.0 \
+    --out "$DEMO_DIR/generated.png"
 
 "$PY" tools/plot_loss.py "$DEMO_DIR/stage1" "$DEMO_DIR/stage2" --out "$DEMO_DIR/loss.png"
 "$PY" - "$DEMO_DIR" <<'PYEOF'
@@ -60,4 +63,4 @@ for stage in ("stage1", "stage2"):
     if not last["loss"] < first["loss"]:
         sys.exit(f"demo: the {stage} loss did not fall")
 PYEOF
-echo "demo finished: $DEMO_DIR/{stage1,stage2}/metrics.jsonl, $DEMO_DIR/hf, $DEMO_DIR/sample.png, $DEMO_DIR/loss.png"
+echo "demo finished: $DEMO_DIR/{stage1,stage2}/metrics.jsonl, $DEMO_DIR/hf, $DEMO_DIR/{sample,generated,loss}.png"
