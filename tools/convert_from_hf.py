@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     configure_logging(fmt="%(levelname)s %(name)s: %(message)s")
 
-    from megatron_emu3.convert.export import load_hf_model, max_logit_difference
+    from megatron_emu3.convert.export import load_hf_model, max_logit_difference, report_verify
     from megatron_emu3.convert.import_hf import import_from_hf
 
     try:
@@ -42,10 +42,7 @@ def main(argv=None) -> int:
     if args.verify:
         hf_model, _ = load_hf_model(args.hf)
         diff = max_logit_difference(gpt, hf_model, cfg.model.vocab_size)
-        print(f"verify: max |logit difference| = {diff:.3e} (tolerance {args.tolerance:.0e})")
-        if diff > args.tolerance:
-            print("verify: FAILED", file=sys.stderr)
-            return 1
+        return report_verify(diff, args.tolerance)
     return 0
 
 

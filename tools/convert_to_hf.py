@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     configure_logging(fmt="%(levelname)s %(name)s: %(message)s")
 
-    from megatron_emu3.convert.export import export_to_hf, load_checkpoint_model, verify_export
+    from megatron_emu3.convert.export import export_to_hf, load_checkpoint_model, report_verify, verify_export
 
     try:
         summary = export_to_hf(args.checkpoint, args.output, args.vq_dir, args.dtype, args.vocab_size,
@@ -46,10 +46,7 @@ def main(argv=None) -> int:
         destroy_distributed()
         cfg, gpt, _ = load_checkpoint_model(args.checkpoint)
         diff = verify_export(gpt, cfg, args.output)
-        print(f"verify: max |logit difference| = {diff:.3e} (tolerance {args.tolerance:.0e})")
-        if diff > args.tolerance:
-            print("verify: FAILED", file=sys.stderr)
-            return 1
+        return report_verify(diff, args.tolerance)
     return 0
 
 

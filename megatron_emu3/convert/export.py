@@ -122,3 +122,14 @@ def verify_export(gpt, cfg, output: str | Path) -> float:
                        padded_vocab_size(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, 1), prefix)
     load_full_state(gpt, {k: v.float() for k, v in exported.items()}, 0, 1)
     return max_logit_difference(gpt, hf_model, cfg.model.vocab_size)
+
+
+def report_verify(diff: float, tolerance: float) -> int:
+    """Print the verification result; the exit code of a converter's --verify (1 above tolerance)."""
+    import sys
+
+    print(f"verify: max |logit difference| = {diff:.3e} (tolerance {tolerance:.0e})")
+    if diff > tolerance:
+        print("verify: FAILED", file=sys.stderr)
+        return 1
+    return 0

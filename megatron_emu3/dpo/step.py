@@ -16,12 +16,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.distributed import finalize_model_grads
 
 from megatron_emu3.data.sample import collate
 from megatron_emu3.dpo.loss import DPO_STAT_KEYS, dpo_metrics, dpo_sums, stack_dpo_sums
 from megatron_emu3.dpo.shards import Preference
-from megatron_emu3.training.step import forward_ce
+from megatron_emu3.training.step import apply_update, forward_ce
 
 
 def sequence_sample(seq: np.ndarray, prompt_len: int, seq_len: int, where: str) -> dict[str, np.ndarray]:
@@ -85,10 +84,4 @@ def dpo_step(model, reference, optimizer, micro_batches: Sequence[dict], beta: f
     model.zero_grad_buffer()
     optimizer.zero_grad()
     total = dpo_backward(model, reference, micro_batches, beta, sft_weight)
-    finalize_model_grads([model])
-    update_ok, grad_norm, _ = optimizer.step()
-    result = dpo_metrics(total, sft_weight)
-    result["grad_norm"] = float(grad_norm) if grad_norm is not None else None
-    if not update_ok:
-        result["skipped_update"] = True
-    return result
+    return apply_update(model, optimizer, dpo_metrics(total, sft_weight))

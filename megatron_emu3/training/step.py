@@ -45,9 +45,13 @@ def train_step(model, optimizer, micro_batches: Sequence[dict[str, torch.Tensor]
         sums = loss_sums(forward_ce(model, mb), mb["labels"], mb["loss_weights"])
         (sums["weighted_ce"] / total_weight).float().backward()
         stats += stack_sums(sums)
+    return apply_update(model, optimizer, global_loss(stats, _all_reduce_sum))
+
+
+def apply_update(model, optimizer, result: dict) -> dict:
+    """Reduce gradients over ranks, step the optimizer, add grad norm (and a skipped update) to `result`."""
     finalize_model_grads([model])
     update_ok, grad_norm, _ = optimizer.step()
-    result = global_loss(stats, _all_reduce_sum)
     result["grad_norm"] = float(grad_norm) if grad_norm is not None else None
     if not update_ok:
         result["skipped_update"] = True
