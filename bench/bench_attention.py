@@ -2,7 +2,7 @@
 
     python bench/bench_attention.py [--seqs 8192,32768,131072] [--docs 1] [--heads 32 --kv-heads 8 --dim 128]
 
-For each available backend (torch SDPA module, flash-attn varlen module, Transformer Engine
+For each available backend (torch SDPA module, torch varlen module, flash-attn varlen module, Transformer Engine
 DotProductAttention) it times our module and the bare kernel it wraps on one GPU (bf16) or the CPU
 (fp32; use small --seqs there). FLOPs: forward 4 * s^2 * heads * dim / 2 (causal counted as half),
 backward 2.5x forward (flash-attention's convention); with D documents per sequence the causal
@@ -44,7 +44,9 @@ def main() -> None:
     from megatron.core.transformer.enums import AttnMaskType
 
     from megatron_emu3.model.attention import SDPACoreAttention, document_attention_mask
-    from megatron_emu3.model.flash_attention import FlashVarlenCoreAttention, flash_available
+    from megatron_emu3.model.flash_attention import (FlashVarlenCoreAttention, TorchVarlenCoreAttention, flash_available,
+                                                     torch_varlen_available)
+    from megatron_emu3.model.inputs import document_cu_seqlens
 
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -69,13 +71,19 @@ def main() -> None:
             rows.append(("torch SDPA", lambda: sdpa(q, k, v, mask).sum().backward(),
                          lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=None if mask is None else ~mask,
                                                                 is_causal=mask is None, enable_gqa=True).sum().backward()))
+        cu, longest = document_cu_seqlens(seg)
+        if torch_varlen_available()[0]:
+            from torch.nn.attention.varlen import varlen_attn
+
+            varlen = TorchVarlenCoreAttention(cfg, 1, AttnMaskType.causal, "self")
+            qv, kv, vv = (t.detach()[:, 0].requires_grad_() for t in (q, k, v))
+            rows.append(("torch varlen", lambda: varlen(q, k, v, seg).sum().backward(),
+                         lambda: varlen_attn(qv, kv, vv, cu, cu, longest, longest, window_size=(-1, 0),
+                                             enable_gqa=True).sum().backward()))
         if flash_available()[0]:
             from flash_attn import flash_attn_varlen_func
 
-            from megatron_emu3.model.inputs import document_cu_seqlens
-
             flash = FlashVarlenCoreAttention(cfg, 1, AttnMaskType.causal, "self")
-            cu, longest = document_cu_seqlens(seg)
             qf, kf, vf = (t.detach()[:, 0].requires_grad_() for t in (q, k, v))
             rows.append(("flash-attn varlen", lambda: flash(q, k, v, seg).sum().backward(),
                          lambda: flash_attn_varlen_func(qf, kf, vf, cu, cu, longest, longest, causal=True).sum().backward()))

@@ -58,7 +58,8 @@ class ParallelConfig:
     distributed_optimizer: bool = False
     """Shard optimizer states and fp32 master weights over data-parallel ranks."""
     attention_backend: str = "auto"
-    """Core attention: auto | sdpa | te | flash (auto picks the best available)."""
+    """Core attention: auto | te | flash | varlen (torch's built-in, no dropout) | sdpa; auto picks the
+    best available and logs why (model/spec.py)."""
     recompute: str = "none"
     """Activation recomputation: none | selective (core attention) | full (whole layers)."""
     recompute_num_layers: int = 1

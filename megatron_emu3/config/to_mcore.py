@@ -51,6 +51,9 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         init_method_std=m.init_std,
         tensor_model_parallel_size=p.tp,
         context_parallel_size=p.cp,
+        # Transformer Engine's CP over packed (THD) documents exists only as a KV ring (p2p); its
+        # all-gather and all-to-all variants do not take THD, and without THD document masks are lost.
+        cp_comm_type="p2p",
         pipeline_model_parallel_size=p.pp,
         sequence_parallel=p.sequence_parallel,
         bf16=bf16,

@@ -14,7 +14,7 @@ CHOICES = {
     "data.source": ("synthetic", "shards"),
     "data.loss_policy": ("pretrain", "qft"),
     "data.oversize_vision": ("skip", "error"),
-    "parallel.attention_backend": ("auto", "sdpa", "te", "flash"),
+    "parallel.attention_backend": ("auto", "sdpa", "te", "flash", "varlen"),
     "parallel.recompute": ("none", "selective", "full"),
     "train.precision": ("auto", "bf16", "fp32"),
     "optimizer.decay_style": ("cosine", "linear", "constant"),

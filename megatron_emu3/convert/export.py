@@ -19,6 +19,7 @@ from megatron_emu3.convert.hf_config import to_hf_text_config
 from megatron_emu3.convert.hf_mapping import HF_TEXT_PREFIX, from_hf, to_hf
 from megatron_emu3.convert.hf_tokenizer import write_tokenizer_files
 from megatron_emu3.convert.safetensors_io import read_hf_state, write_sharded
+from megatron_emu3.model.full_state import canonical_name
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def export_to_hf(checkpoint: str | Path, output: str | Path, vq_dir: str | Path 
     if vocab_size is not None and vocab_size != cfg.model.vocab_size:
         raise ValueError(f"--vocab-size {vocab_size} does not match the checkpoint's vocabulary "
                          f"{cfg.model.vocab_size} ({path}/config.yaml); leave it out to use the checkpoint's")
-    full = {name: p.detach() for name, p in gpt.named_parameters()}
+    full = {canonical_name(name): p.detach() for name, p in gpt.named_parameters()}
     prefix = CONDITIONAL_PREFIX if vq_dir else HF_TEXT_PREFIX
     state = {k: v.to(DTYPES[dtype]) for k, v in to_hf(full, cfg.model, prefix).items()}
     out = Path(output)

@@ -43,7 +43,8 @@ def count_parameters(model: ModelConfig, vocab_size: int | None = None) -> dict[
 
 def build_model(cfg: Config) -> GPTModel:
     """This rank's shard of the model, on the current device, in the config's precision."""
-    choice = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp)
+    choice = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp,
+                          cfg.model.attention_dropout)
     logger.info("model: %s", choice.why)
     vocab = padded_vocab_size(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
     model = GPTModel(

@@ -1,9 +1,13 @@
-"""Core attention on flash-attn's varlen kernel (GPU): documents as packed sequences, native GQA.
+"""Core attention on a varlen flash kernel (GPU): documents as packed sequences, native GQA.
 
 The micro-batch's b samples are laid end to end ([b*s, heads, d]); `cu_seqlens` marks every document
 (built from the segment ids the model passes as `attention_mask`, see `model/inputs.py`), so the
-kernel never attends across documents and K/V keep their own (fewer) heads. flash-attn is an optional
-GPU extra, imported when the module is built; `flash_available()` says why it cannot be used.
+kernel never attends across documents and K/V keep their own (fewer) heads. Two kernels:
+- `FlashVarlenCoreAttention`: flash-attn's ``flash_attn_varlen_func`` (the optional `[gpu]` extra,
+  imported when the module is built; `flash_available()` says why it cannot be used);
+- `TorchVarlenCoreAttention`: PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (flash
+  attention shipped inside torch, CUDA only, no extra package; `torch_varlen_available()`). It has no
+  dropout, so it trains only with ``model.attention_dropout=0``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,25 @@ def flash_available() -> tuple[bool, str]:
     return True, "flash_attn found"
 
 
+def torch_varlen_available() -> tuple[bool, str]:
+    """(usable, reason): torch's built-in varlen attention needs CUDA and torch.nn.attention.varlen."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        return False, f"torch {torch.__version__} has no torch.nn.attention.varlen (PyTorch >= 2.10 has it)"
+    return True, "torch.nn.attention.varlen found"
+
+
+def torch_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=True):
+    """flash_attn_varlen_func's contract on torch's varlen_attn (causal = window (-1, 0), native GQA)."""
+    if dropout_p > 0:
+        raise ValueError(f"torch's varlen_attn has no dropout (asked for {dropout_p})")
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=softmax_scale,
+                       window_size=(-1, 0) if causal else (-1, -1), enable_gqa=True)
+
+
 def _load_kernel():
     from flash_attn import flash_attn_varlen_func
 
@@ -45,8 +68,8 @@ class FlashVarlenCoreAttention(MegatronModule):
                  softmax_scale: Optional[float] = None, cp_comm_type: Optional[str] = None, pg_collection=None):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
-            raise ValueError("the flash-attn backend has no context parallelism; use attention_backend=te or "
-                             "sdpa (ring attention) with parallel.cp > 1")
+            raise ValueError("the varlen backends (flash, varlen) have no context parallelism; use "
+                             "attention_backend=te or sdpa (ring attention) with parallel.cp > 1")
         self.kernel = self.kernel_loader()
         self.softmax_scale = softmax_scale
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
@@ -68,3 +91,15 @@ class FlashVarlenCoreAttention(MegatronModule):
             out = self.kernel(q, k, v, cu, cu, max_len, max_len, dropout_p=dropout_p,
                               softmax_scale=self.softmax_scale, causal=True)
         return out.reshape(b, s, -1).transpose(0, 1).contiguous()
+
+
+class TorchVarlenCoreAttention(FlashVarlenCoreAttention):
+    """Document-masked causal attention through torch's built-in `varlen_attn` (no flash-attn package)."""
+
+    kernel_loader = staticmethod(lambda: torch_varlen_kernel)
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, packed_seq_params=None):
+        if self.training and self.dropout_p > 0:
+            raise ValueError(f"attention_backend=varlen (torch's varlen_attn) has no attention dropout but "
+                             f"model.attention_dropout={self.dropout_p}; set it to 0 or use attention_backend=te|flash|sdpa")
+        return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)

@@ -55,9 +55,24 @@ def merge_shards(name: str, shards: list[torch.Tensor]) -> torch.Tensor:
     return shards[0]
 
 
+# Transformer Engine's layer spec fuses each norm into the following linear; the full layout uses the
+# local spec's names for them (the names the HF mapping and tests know).
+_TE_NORM_NAMES = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+                  "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's name in the full layout, whatever wrappers and layer spec (local or TE) built it."""
+    name = name.removeprefix("module.").removeprefix("module.")
+    for te_name, local_name in _TE_NORM_NAMES.items():
+        if name.endswith(te_name):
+            return name[: -len(te_name)] + local_name
+    return name
+
+
 def _named_tensors(model: torch.nn.Module, use_grads: bool):
     for name, param in model.named_parameters():
-        name = name.removeprefix("module.").removeprefix("module.")
+        name = canonical_name(name)
         if use_grads:
             grad = getattr(param, "main_grad", None)
             if grad is None:
@@ -89,7 +104,7 @@ def gather_full_state(model: torch.nn.Module, tp_group=None, grads: bool = False
 def load_full_state(model: torch.nn.Module, full: dict[str, torch.Tensor], tp_rank: int, tp_size: int) -> None:
     """Copy this rank's shards of `full` into `model`; names and shapes must match exactly."""
     params = dict(model.named_parameters())
-    stripped = {n.removeprefix("module.").removeprefix("module."): p for n, p in params.items()}
+    stripped = {canonical_name(n): p for n, p in params.items()}
     missing = sorted(set(stripped) - set(full))
     if missing:
         raise KeyError(f"full state lacks {len(missing)} parameters, first: {missing[0]}")

@@ -24,11 +24,16 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from megatron_emu3.model.attention import SDPACoreAttention
-from megatron_emu3.model.flash_attention import FlashVarlenCoreAttention, flash_available
+from megatron_emu3.model.flash_attention import (FlashVarlenCoreAttention, TorchVarlenCoreAttention, flash_available,
+                                                 torch_varlen_available)
 from megatron_emu3.model.ring_attention import RingCoreAttention
 from megatron_emu3.model.norm import RMSNorm
 
 logger = logging.getLogger(__name__)
+
+
+TE_CHECKPOINT_KEYS = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+                      "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
 
 
 def te_available() -> tuple[bool, str]:
@@ -64,6 +69,9 @@ def local_layer_spec(core_attention=SDPACoreAttention) -> ModuleSpec:
                 submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
             ),
             mlp_bda=get_bias_dropout_add,
+            # Checkpoints use Transformer Engine's names (its norms live inside the fused linears), so
+            # a checkpoint moves between TE (GPU) and local (CPU) runs, as megatron-core's local spec does.
+            sharded_state_dict_keys_map=TE_CHECKPOINT_KEYS,
         ),
     )
 
@@ -90,21 +98,25 @@ class DecoderChoice:
     input_format: str  # mask | segments | thd (see model/inputs.py)
 
 
-def decoder_spec(backend: str, num_layers: int, cp: int = 1) -> DecoderChoice:
-    """The decoder for attention backend `backend` (auto | te | flash | sdpa).
+def decoder_spec(backend: str, num_layers: int, cp: int = 1, attention_dropout: float = 0.0) -> DecoderChoice:
+    """The decoder for attention backend `backend` (auto | te | flash | varlen | sdpa).
 
-    auto: Transformer Engine when usable (fused attention, its own context parallelism), else
-    flash-attn varlen when usable and cp == 1, else torch SDPA; without Transformer Engine, context
+    auto: Transformer Engine when usable (fused attention, its own context parallelism); else with
+    cp == 1 flash-attn varlen, then torch's built-in varlen kernel (only without attention dropout,
+    which it lacks), then torch SDPA with a document mask; without Transformer Engine, context
     parallelism (cp > 1) uses our ring attention.
     """
     te_ok, te_reason = te_available()
     flash_ok, flash_reason = flash_available()
+    varlen_ok, varlen_reason = torch_varlen_available()
     if backend == "te" and not te_ok:
         raise RuntimeError(f"parallel.attention_backend=te but Transformer Engine cannot be used: {te_reason}")
     if backend == "flash" and not flash_ok:
         raise RuntimeError(f"parallel.attention_backend=flash but flash-attn cannot be used: {flash_reason}")
-    if backend == "flash" and cp > 1:
-        raise RuntimeError("parallel.attention_backend=flash has no context parallelism; use te, or sdpa (ring attention)")
+    if backend == "varlen" and not varlen_ok:
+        raise RuntimeError(f"parallel.attention_backend=varlen but torch's varlen attention cannot be used: {varlen_reason}")
+    if backend in ("flash", "varlen") and cp > 1:
+        raise RuntimeError(f"parallel.attention_backend={backend} has no context parallelism; use te, or sdpa (ring attention)")
     if backend == "te" or (backend == "auto" and te_ok):
         return DecoderChoice(te_layer_spec(), f"Transformer Engine layer spec ({te_reason})", "thd")
     if cp > 1:
@@ -115,5 +127,11 @@ def decoder_spec(backend: str, num_layers: int, cp: int = 1) -> DecoderChoice:
         why = "requested" if backend == "flash" else f"auto: Transformer Engine unusable ({te_reason}), {flash_reason}"
         return DecoderChoice(local_block_spec(num_layers, FlashVarlenCoreAttention),
                              f"local layer spec with flash-attn varlen attention ({why})", "segments")
-    why = "requested" if backend == "sdpa" else f"auto: {te_reason}; flash-attn: {flash_reason}"
+    if backend == "varlen" or (backend == "auto" and varlen_ok and attention_dropout == 0):
+        why = ("requested" if backend == "varlen" else
+               f"auto: Transformer Engine unusable ({te_reason}), flash-attn: {flash_reason}, {varlen_reason}")
+        return DecoderChoice(local_block_spec(num_layers, TorchVarlenCoreAttention),
+                             f"local layer spec with torch varlen attention ({why})", "segments")
+    why = "requested" if backend == "sdpa" else f"auto: {te_reason}; flash-attn: {flash_reason}; torch varlen: " + (
+        f"no attention dropout (model.attention_dropout={attention_dropout})" if varlen_ok else varlen_reason)
     return DecoderChoice(local_block_spec(num_layers), f"local layer spec with torch SDPA attention ({why})", "mask")

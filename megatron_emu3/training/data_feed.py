@@ -15,6 +15,7 @@ import torch
 from megatron_emu3.config.schema import Config
 from megatron_emu3.data.context_parallel import split_for_cp
 from megatron_emu3.data.sample import collate
+from megatron_emu3.model.thd import thd_micro_batch
 
 
 def build_datasets(cfg: Config):
@@ -50,12 +51,19 @@ def rank_sample_indices(consumed: int, global_batch: int, dp_rank: int, dp_size:
 
 
 def micro_batches(dataset, indices: Sequence[int], micro_batch_size: int, device,
-                  cp_size: int = 1, cp_rank: int = 0) -> list[dict[str, torch.Tensor]]:
-    """Collate `indices` into micro-batches on `device` (this CP rank's zigzag part when cp > 1)."""
+                  cp_size: int = 1, cp_rank: int = 0, input_format: str = "mask",
+                  tp_for_sequence_parallel: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Collate `indices` into micro-batches on `device`: this CP rank's part when cp > 1, the whole
+    sample's zigzag split for our attention modules, or every document's split in Transformer
+    Engine's packed format (`input_format="thd"`, see `model/thd.py`)."""
     out = []
     for i in range(0, len(indices), micro_batch_size):
         samples = [dataset[j % len(dataset)] for j in indices[i:i + micro_batch_size]]
-        if cp_size > 1:
-            samples = [split_for_cp(sample, cp_size, cp_rank) for sample in samples]
-        out.append({k: v.to(device) for k, v in collate(samples).items()})
+        if input_format == "thd":
+            batch = thd_micro_batch(collate(samples), cp_size, cp_rank, tp_for_sequence_parallel)
+        else:
+            if cp_size > 1:
+                samples = [split_for_cp(sample, cp_size, cp_rank) for sample in samples]
+            batch = collate(samples)
+        out.append({k: v.to(device) for k, v in batch.items()})
     return out

@@ -24,7 +24,7 @@ from megatron_emu3.config.loading import save_config
 from megatron_emu3.config.schema import Config
 from megatron_emu3.config.to_mcore import ddp_config, optimizer_config, transformer_config, uses_bf16
 from megatron_emu3.config.validation import validate_config
-from megatron_emu3.model.build import build_model
+from megatron_emu3.model.build import build_model, unwrap
 from megatron_emu3.model.full_state import load_full_state
 from megatron_emu3.parallel.setup import DistEnv, init_distributed
 from megatron_emu3.training.data_feed import build_datasets, micro_batches, rank_sample_indices
@@ -79,6 +79,15 @@ def current_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def rank_micro_batches(run: Run, dataset, indices, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """This rank's micro-batches of `indices`, in the layout its attention backend reads."""
+    p = run.cfg.parallel
+    return micro_batches(dataset, indices, run.cfg.data.micro_batch_size, device,
+                         parallel_state.get_context_parallel_world_size(),
+                         parallel_state.get_context_parallel_rank(), unwrap(run.model).input_format,
+                         p.tp if p.sequence_parallel else 1)
+
+
 def train_one_step(run: Run, dataset, device: torch.device) -> dict:
     """Set the LR, fetch this rank's micro-batches, step, advance the state; returns the metrics."""
     cfg, state = run.cfg, run.state
@@ -87,9 +96,7 @@ def train_one_step(run: Run, dataset, device: torch.device) -> dict:
     indices = rank_sample_indices(state.consumed_samples, cfg.data.global_batch_size,
                                   parallel_state.get_data_parallel_rank(),
                                   parallel_state.get_data_parallel_world_size())
-    batches = micro_batches(dataset, indices, cfg.data.micro_batch_size, device,
-                            parallel_state.get_context_parallel_world_size(),
-                            parallel_state.get_context_parallel_rank())
+    batches = rank_micro_batches(run, dataset, indices, device)
     start = time.perf_counter()
     result = train_step(run.model, run.optimizer, batches)
     elapsed = time.perf_counter() - start
@@ -110,9 +117,7 @@ def evaluate(run: Run, dataset, device: torch.device, evaluation: int) -> dict:
         indices = rank_sample_indices(start + k * cfg.data.global_batch_size, cfg.data.global_batch_size,
                                       parallel_state.get_data_parallel_rank(),
                                       parallel_state.get_data_parallel_world_size())
-        batches = micro_batches(dataset, indices, cfg.data.micro_batch_size, device,
-                                parallel_state.get_context_parallel_world_size(),
-                                parallel_state.get_context_parallel_rank())
+        batches = rank_micro_batches(run, dataset, indices, device)
         stats.append(eval_step(run.model, batches))
     run.model.train()
     keys = ("loss", "text_loss", "vision_loss")

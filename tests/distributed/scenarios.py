@@ -102,3 +102,29 @@ def logits_from_full_state(overrides: list[str], full_path: str, token_path: str
         logits = gather_from_tensor_model_parallel_region(run.model(tokens, positions, None)).float()
     destroy_distributed()
     return logits[..., : cfg.model.vocab_size]
+
+
+def one_step_te_reference(overrides: list[str], init_path: str | None) -> dict:
+    """`one_step` on the Transformer Engine path (THD batches, TE checkpoint names), with the reference
+    THD attention (tests/parallel/thd_reference.py) standing in for TE's CUDA kernel on CPU."""
+    from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.model import spec
+    from tests.parallel.thd_reference import ReferenceTHDAttention
+
+    layers = resolve_config(RECIPE, overrides).model.num_layers
+    spec.te_available = lambda: (True, "reference THD attention standing in for Transformer Engine")
+    spec.te_layer_spec = lambda: spec.local_block_spec(layers, ReferenceTHDAttention)
+    return one_step(overrides + ["parallel.attention_backend=te"], init_path)
+
+
+def sharded_state_keys(overrides: list[str]) -> list[str]:
+    """The checkpoint keys of the tiny model's layer 0 (what dist_checkpointing writes)."""
+    from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.model.build import unwrap
+    from megatron_emu3.parallel.setup import destroy_distributed
+    from megatron_emu3.training.trainer import build_run
+
+    run = build_run(resolve_config(RECIPE, overrides))
+    keys = sorted(v.key for v in unwrap(run.model).sharded_state_dict().values() if ".layers." in getattr(v, "key", ""))
+    destroy_distributed()
+    return keys

@@ -1,6 +1,8 @@
 """Context parallelism end to end: CP=2, CP=4 and TP=2 x CP=2 (ring attention over the zigzag split,
 packed multi-document samples from shards) give the loss and every gradient of one rank from the same
-weights and batch (loss rel 1e-6, gradients atol 2e-6, fp32 on CPU)."""
+weights and batch (loss rel 1e-6, gradients atol 2e-6, fp32 on CPU). The Transformer Engine path
+(THD micro-batches, every document padded to 2*cp and split per document, megatron-core's THD RoPE)
+does too, with a reference THD attention standing in for TE's CUDA kernel."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 
 from tests.data.shard_factory import random_shard
 from tests.distributed.launcher import run_ranks
-from tests.distributed.scenarios import one_step
+from tests.distributed.scenarios import one_step, one_step_te_reference
 
 
 @pytest.fixture(scope="module")
@@ -41,5 +43,14 @@ def _assert_close(ref: dict, got: dict) -> None:
 def test_context_parallel_matches_single_rank(shard_overrides, reference, world, layout):
     init, ref = reference
     results = run_ranks(world, one_step, shard_overrides + layout, init, timeout=400)
+    for got in results:
+        _assert_close(ref, got)
+
+
+@pytest.mark.parametrize("world,layout", [(1, []), (2, ["parallel.cp=2"]),
+                                          (4, ["parallel.cp=2", "parallel.tp=2", "parallel.sequence_parallel=true"])])
+def test_transformer_engine_thd_layout_matches_single_rank(shard_overrides, reference, world, layout):
+    init, ref = reference
+    results = run_ranks(world, one_step_te_reference, shard_overrides + layout, init, timeout=400)
     for got in results:
         _assert_close(ref, got)

@@ -13,7 +13,7 @@ from megatron.core.transformer.enums import AttnMaskType
 
 from megatron_emu3.model import spec
 from megatron_emu3.model.attention import SDPACoreAttention, document_attention_mask
-from megatron_emu3.model.flash_attention import FlashVarlenCoreAttention
+from megatron_emu3.model.flash_attention import FlashVarlenCoreAttention, TorchVarlenCoreAttention
 
 
 def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=True):
@@ -60,25 +60,60 @@ def test_flash_wrapper_refuses_a_boolean_mask(monkeypatch):
         flash(q, q[:, :, :2], q[:, :, :2], torch.zeros(1, 1, 4, 4, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("te,flash,backend,cp,expected,fmt", [
-    (False, False, "auto", 1, "torch SDPA", "mask"),
-    (False, False, "auto", 2, "ring attention", "segments"),
-    (False, True, "auto", 1, "flash-attn varlen", "segments"),
-    (False, True, "auto", 2, "ring attention", "segments"),
-    (False, True, "sdpa", 1, "torch SDPA", "mask"),
+def test_torch_varlen_adapter_equals_sdpa_with_document_mask(monkeypatch):
+    """torch's varlen_attn (CUDA only) is replaced by a reference of its contract that checks the
+    adapter asks for causal windows and native GQA; the real kernel is compared in tests/gpu."""
+    import torch.nn.attention.varlen as varlen
+
+    def reference_torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        assert tuple(window_size) == (-1, 0) and enable_gqa and torch.equal(cu_q, cu_k)
+        return reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True)
+
+    monkeypatch.setattr(varlen, "varlen_attn", reference_torch_varlen)
+    cfg = _config()
+    module, sdpa = TorchVarlenCoreAttention(cfg, 1, AttnMaskType.causal, "self"), SDPACoreAttention(cfg, 1, AttnMaskType.causal, "self")
+    torch.manual_seed(1)
+    q, k, v = torch.randn(10, 2, 4, 16), torch.randn(10, 2, 2, 16), torch.randn(10, 2, 2, 16)
+    seg = torch.tensor([[0] * 3 + [1] * 7, [0] * 9 + [1]])
+    torch.testing.assert_close(module(q, k, v, seg), sdpa(q, k, v, document_attention_mask(seg)), atol=1e-6, rtol=1e-5)
+
+
+def test_torch_varlen_refuses_attention_dropout_in_training():
+    cfg = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                            attention_dropout=0.1, hidden_dropout=0.0)
+    module = TorchVarlenCoreAttention(cfg, 1, AttnMaskType.causal, "self")
+    q = torch.randn(4, 1, 4, 16)
+    with pytest.raises(ValueError, match="no attention dropout"):
+        module(q, q[:, :, :2], q[:, :, :2], torch.zeros(1, 4, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("te,flash,varlen,dropout,backend,cp,expected,fmt", [
+    (False, False, False, 0.0, "auto", 1, "torch SDPA", "mask"),
+    (False, False, False, 0.0, "auto", 2, "ring attention", "segments"),
+    (False, True, True, 0.0, "auto", 1, "flash-attn varlen", "segments"),
+    (False, True, False, 0.0, "auto", 2, "ring attention", "segments"),
+    (False, True, False, 0.0, "sdpa", 1, "torch SDPA", "mask"),
+    (False, False, True, 0.0, "auto", 1, "torch varlen", "segments"),
+    (False, False, True, 0.1, "auto", 1, "no attention dropout", "mask"),
+    (False, False, True, 0.1, "varlen", 1, "torch varlen", "segments"),
+    (True, True, True, 0.0, "auto", 2, "Transformer Engine", "thd"),
 ])
-def test_auto_picks_the_best_available_and_says_why(monkeypatch, te, flash, backend, cp, expected, fmt):
+def test_auto_picks_the_best_available_and_says_why(monkeypatch, te, flash, varlen, dropout, backend, cp, expected, fmt):
     monkeypatch.setattr(spec, "te_available", lambda: (te, "te: test"))
+    monkeypatch.setattr(spec, "te_layer_spec", lambda: "te spec")
     monkeypatch.setattr(spec, "flash_available", lambda: (flash, "flash: test"))
+    monkeypatch.setattr(spec, "torch_varlen_available", lambda: (varlen, "varlen: test"))
     monkeypatch.setattr(FlashVarlenCoreAttention, "kernel_loader", staticmethod(lambda: reference_varlen))
-    choice = spec.decoder_spec(backend, 2, cp)
+    choice = spec.decoder_spec(backend, 2, cp, dropout)
     assert expected in choice.why and choice.input_format == fmt
 
 
 @pytest.mark.parametrize("backend,cp,message", [("te", 1, "Transformer Engine cannot be used"),
-                                                 ("flash", 1, "flash-attn cannot be used")])
+                                                 ("flash", 1, "flash-attn cannot be used"),
+                                                 ("varlen", 1, "torch's varlen attention cannot be used")])
 def test_unavailable_backend_is_a_clear_error(monkeypatch, backend, cp, message):
     monkeypatch.setattr(spec, "te_available", lambda: (False, "no CUDA device"))
     monkeypatch.setattr(spec, "flash_available", lambda: (False, "no CUDA device"))
+    monkeypatch.setattr(spec, "torch_varlen_available", lambda: (False, "no CUDA device"))
     with pytest.raises(RuntimeError, match=message):
         spec.decoder_spec(backend, 2, cp)
