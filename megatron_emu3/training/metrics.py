@@ -46,7 +46,8 @@ def format_line(record: dict) -> str:
     """One readable line: step, loss, text/vision loss, lr, grad norm, throughput."""
     parts = [f"step {record['step']}"]
     for key, fmt in (("loss", ".4f"), ("text_loss", ".4f"), ("vision_loss", ".4f"), ("valid_loss", ".4f"), ("lr", ".3e"),
-                     ("grad_norm", ".3f"), ("tokens_per_s", ".0f"), ("step_time_s", ".3f")):
+                     ("grad_norm", ".3f"), ("tokens_per_s", ".0f"), ("tflops_per_gpu", ".2f"),
+                     ("step_time_s", ".3f")):
         if record.get(key) is not None:
             parts.append(f"{key} {record[key]:{fmt}}")
     return " | ".join(parts)

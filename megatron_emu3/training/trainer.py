@@ -26,6 +26,7 @@ from megatron_emu3.config.to_mcore import ddp_config, optimizer_config, transfor
 from megatron_emu3.config.validation import validate_config
 from megatron_emu3.model.build import build_model, unwrap
 from megatron_emu3.model.full_state import load_full_state
+from megatron_emu3.parallel.planner import model_flops_per_token
 from megatron_emu3.parallel.setup import DistEnv, init_distributed
 from megatron_emu3.training.data_feed import build_datasets, micro_batches, rank_sample_indices
 from megatron_emu3.training.metrics import MetricsWriter
@@ -96,15 +97,18 @@ def train_one_step(run: Run, dataset, device: torch.device) -> dict:
     indices = rank_sample_indices(state.consumed_samples, cfg.data.global_batch_size,
                                   parallel_state.get_data_parallel_rank(),
                                   parallel_state.get_data_parallel_world_size())
+    start = time.perf_counter()  # the step's time includes reading and laying out its data
     batches = rank_micro_batches(run, dataset, indices, device)
-    start = time.perf_counter()
     result = train_step(run.model, run.optimizer, batches)
     elapsed = time.perf_counter() - start
     state.step += 1
     state.consumed_samples += cfg.data.global_batch_size
     tokens = cfg.data.global_batch_size * cfg.data.seq_length
+    # Model FLOPs (parallel/planner.py: causal attention counted as half over the whole sample, as
+    # Megatron-LM counts it) per second and per rank, the throughput figure clusters are compared on.
+    tflops = model_flops_per_token(cfg) * tokens / elapsed / run.env.world_size / 1e12
     return {**result, "lr": lr, "step_time_s": elapsed, "tokens_per_s": tokens / elapsed,
-            "consumed_samples": state.consumed_samples}
+            "tflops_per_gpu": tflops, "consumed_samples": state.consumed_samples}
 
 
 def evaluate(run: Run, dataset, device: torch.device, evaluation: int) -> dict:

@@ -24,7 +24,7 @@ def test_tiny_model_loss_falls_and_metrics_are_written(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 26))
-    for key in ("loss", "text_loss", "lr", "grad_norm", "tokens_per_s"):
+    for key in ("loss", "text_loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu"):
         assert all(r[key] is not None for r in records), key
     first = sum(r["loss"] for r in records[:3]) / 3
     last = sum(r["loss"] for r in records[-3:]) / 3
