@@ -1,6 +1,7 @@
 """Generation speed of our model: tokens/s with the KV cache vs re-running the full sequence per token.
 
-    python bench/bench_generation.py [--preset tiny|...] [--prompt 32] [--new 128] [--batch 1] [--device cpu|cuda]
+    python bench/bench_generation.py [--config RECIPE] [--prompt 32] [--new 128] [--batch 1] [--device cpu|cuda]
+                                     [--overrides key=value ...]
 
 Builds a random model of the recipe's architecture (default: the tiny recipe, full Emu3 vocabulary)
 in one process at TP=1, decodes greedily with each session of `megatron_emu3.generation.decoding`,
@@ -22,10 +23,19 @@ def main(argv=None) -> None:
     parser.add_argument("--new", type=int, default=128, help="tokens to generate")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--overrides", nargs="*", default=[], help="config key=value overrides")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="where to run; default: cuda when available. A device that is not the one this "
+                             "process would use is an error (figures never come from the wrong device)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
 
     import torch
+
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        parser.error("--device cuda, but CUDA is not available to this torch")
+    if args.device == "cpu" and cuda:
+        parser.error("--device cpu on a CUDA machine: hide the GPUs instead (CUDA_VISIBLE_DEVICES=)")
 
     from megatron_emu3.config.loading import resolve_config
     from megatron_emu3.generation.api import decode
@@ -39,7 +49,7 @@ def main(argv=None) -> None:
                                        "train.precision=fp32", f"data.seq_length={total}", *args.overrides])
     init_distributed(cfg, DistEnv(0, 1, 0))
     gpt = build_model(cfg)
-    if torch.cuda.is_available():
+    if cuda:
         gpt = gpt.cuda()
     device = next(gpt.parameters()).device
     prompts = torch.randint(0, 151_643, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0)).tolist()

@@ -44,6 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.model.build import unwrap
+    from megatron_emu3.model.spec import decoder_spec
     from megatron_emu3.parallel.planner import Layout, memory_per_gpu, model_flops_per_token
     from megatron_emu3.training.data_feed import build_train_dataset
     from megatron_emu3.training.trainer import build_run, current_device, train_one_step
@@ -72,8 +74,13 @@ def main() -> None:
     flops = model_flops_per_token(cfg) * tokens / step / 1e12
     peak = matmul_peak_tflops(torch.bfloat16 if cuda else torch.float32)
     device_name = torch.cuda.get_device_name() if cuda else "CPU"
-    print(f"device {device_name} | torch {torch.__version__} | layers {args.layers} | seq {args.seq} | "
-          f"{'bf16' if cuda else 'fp32'}")
+    print(f"device {device_name} | torch {torch.__version__} | layers {cfg.model.num_layers} | "
+          f"seq {cfg.data.seq_length} | {'bf16' if cuda else 'fp32'} | recompute {cfg.parallel.recompute}")
+    # which kernel produced these figures (the same choice build_run made, model/spec.py)
+    why = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp,
+                       cfg.model.attention_dropout).why
+    print(f"attention backend={cfg.parallel.attention_backend}: {why} | input format "
+          f"{unwrap(run.model).input_format}")
     print(f"step {step * 1e3:.1f} ms | {tokens / step:,.0f} tokens/s | model TFLOP/s {flops:.1f} | "
           f"matmul peak {peak:.1f} TFLOP/s | MFU {flops / peak:.1%} (causal attention counted as half)")
     if cuda:
