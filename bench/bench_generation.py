@@ -1,6 +1,7 @@
 """Generation speed of our model: tokens/s with the KV cache vs re-running the full sequence per token.
 
     python bench/bench_generation.py [--config RECIPE] [--prompt 32] [--new 128] [--batch 1] [--device cpu|cuda]
+        [--dtype fp32|bf16]
                                      [--overrides key=value ...]
 
 Builds a random model of the recipe's architecture (default: the tiny recipe, full Emu3 vocabulary)
@@ -23,6 +24,8 @@ def main(argv=None) -> None:
     parser.add_argument("--new", type=int, default=128, help="tokens to generate")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--overrides", nargs="*", default=[], help="config key=value overrides")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
+                        help="weights and activations; default: bf16 on CUDA, fp32 on the CPU")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="where to run; default: cuda when available. A device that is not the one this "
                              "process would use is an error (figures never come from the wrong device)")
@@ -48,7 +51,8 @@ def main(argv=None) -> None:
     cfg = resolve_config(args.config, ["parallel.tp=1", "parallel.cp=1", "parallel.sequence_parallel=false",
                                        "train.precision=fp32", f"data.seq_length={total}", *args.overrides])
     init_distributed(cfg, DistEnv(0, 1, 0))
-    gpt = build_model(cfg)
+    dtype = args.dtype or ("bf16" if cuda else "fp32")
+    gpt = build_model(cfg).to(torch.bfloat16 if dtype == "bf16" else torch.float32)
     if cuda:
         gpt = gpt.cuda()
     device = next(gpt.parameters()).device
@@ -68,7 +72,7 @@ def main(argv=None) -> None:
         results[name] = (out, args.new * args.batch / elapsed, elapsed)
     same = results["kv_cache"][0] == results["no_cache"][0]
     print(f"model {cfg.model.num_layers} layers x hidden {cfg.model.hidden_size}, vocab {cfg.model.vocab_size}; "
-          f"device {device}; batch {args.batch}, prompt {args.prompt}, new {args.new}; threads {torch.get_num_threads()}")
+          f"device {device} {dtype}; batch {args.batch}, prompt {args.prompt}, new {args.new}; threads {torch.get_num_threads()}")
     for name, (_, rate, elapsed) in results.items():
         print(f"{name:9s} {rate:9.1f} tokens/s  ({elapsed:.2f} s)")
     print(f"speed-up {results['kv_cache'][1] / results['no_cache'][1]:.2f}x; same tokens: {same}")

@@ -163,7 +163,7 @@ def test_bench_generation(tmp_path):
     new, prompt = 6, 4
     out = run_bench(tmp_path, "bench_generation.py", "--prompt", str(prompt), "--new", str(new), "--device", "cpu")
     lines = out.splitlines()
-    assert lines[0] == (f"model 2 layers x hidden 64, vocab 184622; device cpu; batch 1, prompt {prompt}, new {new}; "
+    assert lines[0] == (f"model 2 layers x hidden 64, vocab 184622; device cpu fp32; batch 1, prompt {prompt}, new {new}; "
                         "threads 1"), out
     rates = {}
     for name in ("kv_cache", "no_cache"):
