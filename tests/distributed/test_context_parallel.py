@@ -1,4 +1,4 @@
-"""Context parallelism end to end: CP=2, CP=4 and TP=2 x CP=2 (ring attention over the zigzag split,
+"""Context parallelism end to end: CP=2, CP=4 and TP=2 x CP=2 with and without sequence parallelism (ring attention over the zigzag split,
 packed multi-document samples from shards) give the loss and every gradient of one rank from the same
 weights and batch (loss rel 1e-6, gradients atol 2e-6, fp32 on CPU). The Transformer Engine path
 (THD micro-batches, every document padded to 2*cp and split per document, megatron-core's THD RoPE)
@@ -39,7 +39,8 @@ def _assert_close(ref: dict, got: dict) -> None:
 
 
 @pytest.mark.parametrize("world,layout", [(2, ["parallel.cp=2"]), (4, ["parallel.cp=4"]),
-                                          (4, ["parallel.cp=2", "parallel.tp=2"])])
+                                          (4, ["parallel.cp=2", "parallel.tp=2"]),
+                                          (4, ["parallel.cp=2", "parallel.tp=2", "parallel.sequence_parallel=true"])])
 def test_context_parallel_matches_single_rank(shard_overrides, reference, world, layout):
     init, ref = reference
     results = run_ranks(world, one_step, shard_overrides + layout, init, timeout=400)
