@@ -1,5 +1,5 @@
-"""Context parallelism end to end: CP=2, CP=4 and TP=2 x CP=2 with and without sequence parallelism (ring attention over the zigzag split,
-packed multi-document samples from shards) give the loss and every gradient of one rank from the same
+"""Context parallelism end to end: CP=2, CP=4 and TP=2 x CP=2 with and without sequence parallelism
+(ring attention over the zigzag split, packed multi-document samples from shards) give the loss and every gradient of one rank from the same
 weights and batch (loss rel 1e-6, gradients atol 2e-6, fp32 on CPU). The Transformer Engine path
 (THD micro-batches, every document padded to 2*cp and split per document, megatron-core's THD RoPE)
 does too, with a reference THD attention standing in for TE's CUDA kernel."""
