@@ -6,9 +6,8 @@ For each available backend (torch SDPA module, torch varlen module, flash-attn v
 DotProductAttention) it times our module and the bare kernel it wraps on one GPU (bf16) or the CPU
 (fp32; use small --seqs there). FLOPs: forward 4 * s^2 * heads * dim / 2 (causal counted as half),
 backward 2.5x forward (flash-attention's convention); with D documents per sequence the causal
-document-masked work is divided by D. Not a test. Transformer Engine is timed with one document per
-sequence only: called here as plain causal attention it would not mask documents, so with --docs > 1
-it would do D times the work the FLOP count credits it with.
+document-masked work is divided by D. Not a test. Transformer Engine is called as our TE path calls
+it: THD packed documents (`cu_seqlens`) with the padding_causal mask, so it masks documents too.
 """
 
 from __future__ import annotations
@@ -89,12 +88,17 @@ def main() -> None:
             qf, kf, vf = (t.detach()[:, 0].requires_grad_() for t in (q, k, v))
             rows.append(("flash-attn varlen", lambda: flash(q, k, v, seg).sum().backward(),
                          lambda: flash_attn_varlen_func(qf, kf, vf, cu, cu, longest, longest, causal=True).sum().backward()))
-        if cuda and args.docs == 1 and importlib.util.find_spec("transformer_engine") is not None:
+        if cuda and importlib.util.find_spec("transformer_engine") is not None:
             from transformer_engine.pytorch import DotProductAttention
 
-            te = DotProductAttention(args.heads, args.dim, num_gqa_groups=args.kv_heads, attn_mask_type="causal",
-                                     qkv_format="sbhd")
-            rows.append(("Transformer Engine", lambda: te(q, k, v).sum().backward(), None))
+            # The packed (THD) call our TE path makes: documents as cu_seqlens, padding_causal mask.
+            te = DotProductAttention(args.heads, args.dim, num_gqa_groups=args.kv_heads,
+                                     attn_mask_type="padding_causal", qkv_format="thd")
+            cu32 = cu.to(device=device, dtype=torch.int32)
+            qt, kt, vt = (t.detach()[:, 0].requires_grad_() for t in (q, k, v))
+            rows.append(("Transformer Engine (THD)",
+                         lambda: te(qt, kt, vt, cu_seqlens_q=cu32, cu_seqlens_kv=cu32, max_seqlen_q=longest,
+                                    max_seqlen_kv=longest).sum().backward(), None))
         for name, module_fn, bare_fn in rows:
             module_s = _time(module_fn, args.iters)
             bare_s = _time(bare_fn, args.iters) if bare_fn else None
