@@ -108,6 +108,10 @@ class TrainConfig:
     """Optimizer steps to run (total, counting steps done before a resume)."""
     precision: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32."""
+    fused_kernels: str = "auto"
+    """megatron-core's torch.compile'd SwiGLU and bias-dropout-add fusions: auto (on with CUDA, off on
+    CPU, where compiling costs more than it saves) | fused | unfused. Same results as the unfused ops
+    (with dropout > 0, other random masks)."""
     eval_interval: int = 0
     """Run validation every N steps (0 = never)."""
     eval_iters: int = 2

@@ -6,6 +6,8 @@ in the project constructs a megatron-core config object.
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 from megatron.core.distributed import DistributedDataParallelConfig
@@ -13,6 +15,10 @@ from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
 from megatron.core.transformer import TransformerConfig
 
 from megatron_emu3.config.schema import Config
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def uses_bf16(cfg: Config) -> bool:
@@ -27,6 +33,7 @@ def transformer_config(cfg: Config) -> TransformerConfig:
     m, p = cfg.model, cfg.parallel
     bf16 = uses_bf16(cfg)
     on_gpu = torch.cuda.is_available()
+    fused = cfg.train.fused_kernels == "fused" or (cfg.train.fused_kernels == "auto" and on_gpu)
     recompute = {}
     if p.recompute == "selective":
         recompute = dict(recompute_granularity="selective", recompute_modules=["core_attn"])
@@ -61,12 +68,17 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         # Per-token loss: DDP sums gradients over data-parallel ranks (no 1/dp scaling); the
         # trainer divides by the global loss-weight sum itself (see training/step.py).
         calculate_per_token_loss=True,
-        # Fusions that need apex/TE/CUDA kernels stay off unless those are present.
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
+        # torch.compile'd fusions (megatron-core's jit_fuser), numerically the unfused ops.
+        bias_activation_fusion=fused,
+        bias_dropout_fusion=fused,
+        # Kernel fusions from Transformer Engine (RoPE, incl. its THD + CP form) and apex (weight
+        # gradient accumulated straight into main_grad) when those are installed, as Megatron-LM.
+        apply_rope_fusion=fused and on_gpu and _installed("transformer_engine"),
+        gradient_accumulation_fusion=fused and on_gpu and _installed("fused_weight_gradient_mlp_cuda"),
+        # Off: our attention modules never use megatron's masked softmax, and megatron-core
+        # 0.16.1's native fused cross entropy hard-codes a bf16 logits gradient (wrong in fp32
+        # runs; no gain over the unfused one in bf16).
         masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         cross_entropy_loss_fusion=False,
         use_cpu_initialization=not on_gpu,

@@ -17,6 +17,7 @@ CHOICES = {
     "parallel.attention_backend": ("auto", "sdpa", "te", "flash", "varlen"),
     "parallel.recompute": ("none", "selective", "full"),
     "train.precision": ("auto", "bf16", "fp32"),
+    "train.fused_kernels": ("auto", "fused", "unfused"),
     "optimizer.decay_style": ("cosine", "linear", "constant"),
 }
 

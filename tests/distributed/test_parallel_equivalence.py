@@ -63,3 +63,12 @@ def test_activation_recomputation_changes_nothing(reference, mode):
     init, ref = reference
     (got,) = run_ranks(1, one_step, SMALL + [f"parallel.recompute={mode}"], init)
     _assert_close(ref, got)
+
+
+def test_fused_kernels_change_nothing(reference):
+    """The torch.compile'd SwiGLU and bias-dropout-add fusions that GPU runs use by default
+    (train.fused_kernels=auto), run here on CPU under TP=2 + SP: same loss, gradients, update."""
+    init, ref = reference
+    results = run_ranks(2, one_step, SMALL + ["train.fused_kernels=fused", "parallel.tp=2", "parallel.sequence_parallel=true"],
+                        init, timeout=500)
+    _assert_close(ref, results[0])

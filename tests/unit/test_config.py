@@ -113,3 +113,13 @@ def test_each_invalid_combination_is_named(overrides, world, message):
     cfg = resolve_config(TINY, overrides)
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg, world)
+
+
+@pytest.mark.parametrize("choice,expected", [("auto", False), ("fused", True), ("unfused", False)])
+def test_fused_kernels_translate_to_megatron_fusions(choice, expected):
+    """auto means unfused on this CUDA-less machine; kernels needing TE or apex stay off without them."""
+    from megatron_emu3.config.to_mcore import transformer_config
+
+    tc = transformer_config(resolve_config(None, ["preset=tiny", f"train.fused_kernels={choice}"]))
+    assert tc.bias_activation_fusion is expected and tc.bias_dropout_fusion is expected
+    assert not tc.apply_rope_fusion and not tc.gradient_accumulation_fusion and not tc.cross_entropy_loss_fusion
