@@ -57,6 +57,9 @@ class ParallelConfig:
     """Shard activations along the sequence inside tensor-parallel regions (needs tp > 1)."""
     distributed_optimizer: bool = False
     """Shard optimizer states and fp32 master weights over data-parallel ranks."""
+    overlap_grad_reduce: bool = True
+    """Reduce gradient buckets over data-parallel ranks while the last micro-batch's backward still
+    runs (megatron-core DDP hooks), instead of all at once after it."""
     attention_backend: str = "auto"
     """Core attention: auto | te | flash | varlen (torch's built-in, no dropout) | sdpa; auto picks the
     best available and logs why (model/spec.py)."""

@@ -90,7 +90,7 @@ def ddp_config(cfg: Config) -> DistributedDataParallelConfig:
     """Data-parallel wrapper settings: fp32 gradient reduction, optional distributed optimizer."""
     return DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
+        overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
         use_distributed_optimizer=cfg.parallel.distributed_optimizer,
         check_for_nan_in_grad=True,
         bucket_size=None,

@@ -20,7 +20,7 @@ from megatron.core import parallel_state
 from megatron_emu3.data.sample import collate
 from megatron_emu3.dpo.loss import DPO_STAT_KEYS, dpo_metrics, dpo_sums, stack_dpo_sums
 from megatron_emu3.dpo.shards import Preference
-from megatron_emu3.training.step import apply_update, forward_ce
+from megatron_emu3.training.step import apply_update, forward_ce, micro_batch_sync
 
 
 def sequence_sample(seq: np.ndarray, prompt_len: int, seq_len: int, where: str) -> dict[str, np.ndarray]:
@@ -68,13 +68,14 @@ def dpo_backward(model, reference, micro_batches: Sequence[dict], beta: float, s
     if total_sft_tokens <= 0:
         raise RuntimeError("the global batch has no chosen completion token; check the preference set")
     stats = torch.zeros(len(DPO_STAT_KEYS), dtype=torch.float64, device=device)
-    for mb in micro_batches:
+    for i, mb in enumerate(micro_batches):
         pairs = mb["tokens"].shape[0] // 2
         with torch.no_grad():
             ref_ce = forward_ce(reference, mb)
-        sums = dpo_sums(forward_ce(model, mb), ref_ce, mb["loss_weights"], pairs, beta)
-        loss = sums["dpo_sum"] / total_pairs + sft_weight * sums["sft_sum"] / total_sft_tokens
-        loss.float().backward()
+        with micro_batch_sync(model, i, len(micro_batches)):
+            sums = dpo_sums(forward_ce(model, mb), ref_ce, mb["loss_weights"], pairs, beta)
+            loss = sums["dpo_sum"] / total_pairs + sft_weight * sums["sft_sum"] / total_sft_tokens
+            loss.float().backward()
         stats += stack_dpo_sums(sums)
     return _dp_sum(stats)
 

@@ -9,6 +9,7 @@ and gradients are summed (not averaged) over data-parallel ranks (`calculate_per
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -27,6 +28,12 @@ def forward_ce(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return ce.float().reshape(batch["labels"].shape)
 
 
+def micro_batch_sync(model, index: int, count: int):
+    """Context for micro-batch `index` of `count`: gradient buckets are reduced (overlapped with the
+    backward when parallel.overlap_grad_reduce) only during the last one; earlier ones accumulate."""
+    return contextlib.nullcontext() if index == count - 1 else model.no_sync()
+
+
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(tensor, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
     return tensor
@@ -41,9 +48,10 @@ def train_step(model, optimizer, micro_batches: Sequence[dict[str, torch.Tensor]
     if total_weight.item() <= 0:
         raise RuntimeError("the global batch has no token with loss weight > 0; check data.loss_policy and the data")
     stats = torch.zeros(len(STAT_KEYS), dtype=torch.float64, device=device)
-    for mb in micro_batches:
-        sums = loss_sums(forward_ce(model, mb), mb["labels"], mb["loss_weights"])
-        (sums["weighted_ce"] / total_weight).float().backward()
+    for i, mb in enumerate(micro_batches):
+        with micro_batch_sync(model, i, len(micro_batches)):
+            sums = loss_sums(forward_ce(model, mb), mb["labels"], mb["loss_weights"])
+            (sums["weighted_ce"] / total_weight).float().backward()
         stats += stack_sums(sums)
     return apply_update(model, optimizer, global_loss(stats, _all_reduce_sum))
 

@@ -45,9 +45,11 @@ def test_tensor_parallel_2_with_sequence_parallel_matches_single_rank(reference)
     _assert_close(ref, results[0])
 
 
-def test_data_parallel_2_matches_single_rank(reference):
+@pytest.mark.parametrize("overlap", ["true", "false"])
+def test_data_parallel_2_matches_single_rank(reference, overlap):
+    """Two micro-batches per rank: buckets reduced during the last backward (overlap) or after it."""
     init, ref = reference
-    results = run_ranks(2, one_step, SMALL, init)
+    results = run_ranks(2, one_step, SMALL + [f"parallel.overlap_grad_reduce={overlap}"], init)
     for got in results:
         _assert_close(ref, got)
 
