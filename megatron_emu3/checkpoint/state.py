@@ -34,6 +34,7 @@ from megatron_emu3.config.loading import save_config
 from megatron_emu3.config.validation import padded_vocab_size
 from megatron_emu3.data import tokens
 from megatron_emu3.model.build import unwrap
+from megatron_emu3.training.step import sync_params
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _sharded_state(run, is_loading: bool) -> dict:
+    if not is_loading:
+        sync_params(run.model)  # parameters the optimizer updated but forward hooks did not gather yet
     model_sd = unwrap(run.model).sharded_state_dict()
     return {
         "model": model_sd,

@@ -57,6 +57,9 @@ class ParallelConfig:
     """Shard activations along the sequence inside tensor-parallel regions (needs tp > 1)."""
     distributed_optimizer: bool = False
     """Shard optimizer states and fp32 master weights over data-parallel ranks."""
+    overlap_param_gather: bool = True
+    """With the distributed optimizer: all-gather the updated parameters bucket by bucket while the
+    next forward runs (megatron-core forward pre-hooks) instead of right after the optimizer step."""
     overlap_grad_reduce: bool = True
     """Reduce gradient buckets over data-parallel ranks while the last micro-batch's backward still
     runs (megatron-core DDP hooks), instead of all at once after it."""

@@ -86,11 +86,17 @@ def transformer_config(cfg: Config) -> TransformerConfig:
     )
 
 
+def overlap_param_gather(cfg: Config) -> bool:
+    """Parameter all-gathers overlap the next forward (only the distributed optimizer gathers)."""
+    return cfg.parallel.overlap_param_gather and cfg.parallel.distributed_optimizer
+
+
 def ddp_config(cfg: Config) -> DistributedDataParallelConfig:
     """Data-parallel wrapper settings: fp32 gradient reduction, optional distributed optimizer."""
     return DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+        overlap_param_gather=overlap_param_gather(cfg),
         use_distributed_optimizer=cfg.parallel.distributed_optimizer,
         check_for_nan_in_grad=True,
         bucket_size=None,
@@ -113,4 +119,5 @@ def optimizer_config(cfg: Config) -> McoreOptimizerConfig:
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+        overlap_param_gather=overlap_param_gather(cfg),
     )

@@ -83,6 +83,7 @@ def train_dpo(cfg: Config, env=None):
     from megatron_emu3.checkpoint.state import load_model_weights, save_checkpoint
     from megatron_emu3.dpo.shards import PreferenceShard
     from megatron_emu3.dpo.step import dpo_step
+    from megatron_emu3.training.step import sync_params
     from megatron_emu3.model.build import unwrap
     from megatron_emu3.training.metrics import MetricsWriter
     from megatron_emu3.training.schedule import apply_lr, lr_at
@@ -126,6 +127,7 @@ def train_dpo(cfg: Config, env=None):
             save_checkpoint(run, checkpoint_dir(cfg))
     finally:
         metrics.close()
+    sync_params(run.model)  # parameters current on every rank for callers (overlap_param_gather)
     dist.barrier()
     if is_writer:
         (Path(cfg.run_dir) / "COMPLETE").write_text(f"{state.step}\n")

@@ -34,6 +34,13 @@ def micro_batch_sync(model, index: int, count: int):
     return contextlib.nullcontext() if index == count - 1 else model.no_sync()
 
 
+def sync_params(model) -> None:
+    """Finish the parameter all-gathers that `parallel.overlap_param_gather` defers to the next
+    forward, so every rank's parameters are current (before saving or reading them)."""
+    if model.ddp_config.overlap_param_gather:
+        model.start_param_sync(force_sync=True)
+
+
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(tensor, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
     return tensor

@@ -31,7 +31,7 @@ from megatron_emu3.parallel.setup import DistEnv, init_distributed
 from megatron_emu3.training.data_feed import build_datasets, micro_batches, rank_sample_indices
 from megatron_emu3.training.metrics import MetricsWriter
 from megatron_emu3.training.schedule import apply_lr, lr_at
-from megatron_emu3.training.step import eval_step, train_step
+from megatron_emu3.training.step import eval_step, sync_params, train_step
 
 logger = logging.getLogger("megatron_emu3.train")
 
@@ -201,6 +201,7 @@ def train(cfg: Config, env: DistEnv | None = None) -> Run:
             saver.queue.close(abort=True)  # after wait() this only stops the idle writer
         stop.uninstall()
         metrics.close()
+    sync_params(model)  # callers may read the parameters (overlap_param_gather defers the last gather)
     dist.barrier()
     if is_writer:
         (Path(cfg.run_dir) / "COMPLETE").write_text(f"{state.step}\n")

@@ -17,8 +17,9 @@ def one_step(overrides: list[str], init_path: str | None, save_init_to: str | No
     from megatron_emu3.config.loading import resolve_config
     from megatron_emu3.model.full_state import gather_full_state
     from megatron_emu3.training.data_feed import build_train_dataset
-    from megatron_emu3.training.trainer import build_run, current_device, train_one_step
     from megatron_emu3.parallel.setup import destroy_distributed
+    from megatron_emu3.training.step import sync_params
+    from megatron_emu3.training.trainer import build_run, current_device, train_one_step
 
     cfg = resolve_config(RECIPE, overrides)
     full = torch.load(init_path) if init_path else None
@@ -29,6 +30,7 @@ def one_step(overrides: list[str], init_path: str | None, save_init_to: str | No
             torch.save(state, save_init_to)
     run.model.train()
     result = train_one_step(run, build_train_dataset(cfg), current_device())
+    sync_params(run.model)
     grads = gather_full_state(run.model, grads=True) if not cfg.parallel.distributed_optimizer else None
     params = gather_full_state(run.model)
     destroy_distributed()

@@ -74,3 +74,24 @@ def test_fused_kernels_change_nothing(reference):
     results = run_ranks(2, one_step, SMALL + ["train.fused_kernels=fused", "parallel.tp=2", "parallel.sequence_parallel=true"],
                         init, timeout=500)
     _assert_close(ref, results[0])
+
+
+def test_overlapped_parameter_gather_changes_nothing(tmp_path):
+    """DP=2 with the distributed optimizer, 3 steps and a checkpoint at step 2: gathering updated
+    parameters during the next forward (overlap_param_gather) gives bit-identical parameters, logits
+    and checkpoint weights to gathering right after each optimizer step."""
+    from tests.distributed.scenarios import load_only, train_save
+
+    base = SMALL + ["parallel.distributed_optimizer=true", "train.iters=3", "checkpoint.interval=2"]
+    runs = {}
+    for overlap in ("false", "true"):
+        run_dir = str(tmp_path / overlap)
+        trained = run_ranks(2, train_save, base + [f"parallel.overlap_param_gather={overlap}"], run_dir)[0]
+        saved = run_ranks(2, load_only, base, f"{run_dir}/checkpoints/iter_0000002", True)[0]
+        runs[overlap] = trained, saved
+    for (trained, saved), (trained_ref, saved_ref) in [(runs["true"], runs["false"])]:
+        for name, p in trained_ref["params"].items():
+            assert torch.equal(trained["params"][name], p), name
+            assert torch.equal(saved["params"][name], saved_ref["params"][name]), name
+        assert torch.equal(trained["logits"], trained_ref["logits"])
+    assert not torch.equal(saved_ref["params"][name], trained_ref["params"][name])  # step 2 != step 3
