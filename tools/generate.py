@@ -83,16 +83,9 @@ def run(args: argparse.Namespace) -> str:
     duration = args.frames * vq.temporal_factor / args.fps if args.frames else None
     meta = VisionMeta(args.height, args.width, args.frames or None, args.fps if args.frames else None, duration)
     codes, ids = generate_vision(lm, tokenizer, args.prompt, meta, sampling, vq.codebook_size)
-    pixels = vq.decode(codes)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.frames:
-        from megatron_emu3.preprocess.inspect import save_video
+    from megatron_emu3.preprocess.inspect import save_pixels
 
-        save_video(pixels, args.out, args.fps)
-    else:
-        from PIL import Image
-
-        Image.fromarray(pixels).save(args.out)
+    save_pixels(vq.decode(codes), args.out, args.fps if args.frames else None)
     _save_tokens(args.save_tokens, ids, ids.index(SOT) + 1)  # the prompt ends with SOT
     return f"generated codes {tuple(codes.shape)} -> {args.out}"
 

@@ -33,8 +33,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
 
-    from PIL import Image
-
     from megatron_emu3.convert.export import load_hf_model
     from megatron_emu3.data.documents import VisionMeta
     from megatron_emu3.data.text_tokenizer import Emu3TextTokenizer
@@ -55,14 +53,9 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"sample: {err}", file=sys.stderr)
         return 2
-    pixels = vq.decode(codes)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.frames:
-        from megatron_emu3.preprocess.inspect import save_video
+    from megatron_emu3.preprocess.inspect import save_pixels
 
-        save_video(pixels, args.out, args.fps)
-    else:
-        Image.fromarray(pixels).save(args.out)
+    save_pixels(vq.decode(codes), args.out, args.fps if args.frames else None)
     print(f"sampled codes {tuple(codes.shape)} -> {args.out}")
     return 0
 

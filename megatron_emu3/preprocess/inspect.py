@@ -107,11 +107,20 @@ def save_video(frames: np.ndarray, path: Path, fps: float) -> Path:
     return path
 
 
+def save_pixels(pixels: np.ndarray, path: Path, fps: float | None = None) -> Path:
+    """Decoded VQ output to a file: uint8 (H, W, 3) -> image, or (T, H, W, 3) with `fps` -> video."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fps is not None:
+        return save_video(pixels, path, fps)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
 def decode_document(shards: ShardSet, index: int, text_tokenizer, vision_tokenizer, out_dir: str | Path,
                     video_format: str = "mp4") -> dict:
     """Write document `index` as doc_NNNNN.json (+ .png / .mp4 / .gif); returns the JSON record."""
-    from PIL import Image
-
     ids, kind = shards[index]
     doc = documents.parse(ids, text_tokenizer)
     out_dir = Path(out_dir)
@@ -125,10 +134,9 @@ def decode_document(shards: ShardSet, index: int, text_tokenizer, vision_tokeniz
         if vision_tokenizer is not None:
             pixels = vision_tokenizer.decode(doc.codes)
             if doc.meta.is_video:
-                path = save_video(pixels, stem.with_suffix(f".{video_format}"), doc.meta.fps)
+                path = save_pixels(pixels, stem.with_suffix(f".{video_format}"), doc.meta.fps)
             else:
-                path = stem.with_suffix(".png")
-                Image.fromarray(pixels).save(path)
+                path = save_pixels(pixels, stem.with_suffix(".png"))
             record["media"] = str(path)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return record
