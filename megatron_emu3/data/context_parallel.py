@@ -7,8 +7,8 @@ in the sample, so each rank's (token, label, weight) triples are exactly the ori
 sum of ``w * CE`` over ranks equals the unsplit sum. ``segment_ids`` and ``position_ids`` keep their
 global values, which is what a ring attention needs to mask across documents (a rank's keys and
 queries carry their global segment ids); per-rank ``cu_seqlens`` for a varlen kernel are derived from
-the kept chunks. Kernels that need every document padded to a multiple of 2c (TE's THD format) pad
-the documents before this split: see `pad_documents_for_cp`.
+the kept chunks. Kernels that split every document on its own (TE's THD format) get documents padded
+to a multiple of 2c (`pad_documents`) and split per document instead: see `model/thd.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from megatron_emu3.data.sample import SAMPLE_KEYS
+from megatron_emu3.data.sample import SAMPLE_KEYS, cu_seqlens_from_segments
 from megatron_emu3.data.tokens import PAD
 
 
@@ -75,16 +75,14 @@ def local_cu_seqlens(segment_ids: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], starts, [len(segment_ids)]]).astype(np.int32)
 
 
-def pad_documents_for_cp(sample: Mapping[str, np.ndarray], cp_size: int) -> dict[str, np.ndarray]:
-    """Pad every segment to a multiple of 2c (PAD tokens, weight 0, same segment, positions continuing),
-    for kernels that split each document separately (TE THD). The result is longer than the sample by
-    the padding; the caller chooses seq_len with room for it or drops trailing pad segment tokens."""
-    m = 2 * cp_size
-    seg = np.asarray(sample["segment_ids"])
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(seg)) + 1, [len(seg)]])
+def pad_documents(sample: Mapping[str, np.ndarray], bounds: Sequence[int],
+                  padded_lengths: Sequence[int]) -> dict[str, np.ndarray]:
+    """Pad document k (positions bounds[k]..bounds[k+1]) at its end to padded_lengths[k] tokens: PAD
+    tokens and labels, loss weight 0, same segment, positions continuing. The padding is part of its
+    document, after its last real token, so causal attention never lets a real token see it."""
     pieces = {k: [] for k in SAMPLE_KEYS}
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        extra = (-(hi - lo)) % m
+    for lo, hi, target in zip(bounds[:-1], bounds[1:], padded_lengths):
+        extra = target - (hi - lo)
         for key in SAMPLE_KEYS:
             part = np.asarray(sample[key][lo:hi])
             if key in ("tokens", "labels"):
@@ -97,3 +95,12 @@ def pad_documents_for_cp(sample: Mapping[str, np.ndarray], cp_size: int) -> dict
                 fill = np.full(extra, part[-1], dtype=part.dtype)
             pieces[key].append(np.concatenate([part, fill]))
     return {k: np.concatenate(v).astype(SAMPLE_KEYS[k]) for k, v in pieces.items()}
+
+
+def pad_documents_for_cp(sample: Mapping[str, np.ndarray], cp_size: int) -> dict[str, np.ndarray]:
+    """Pad every segment of one sample to a multiple of 2c (see `pad_documents`), for kernels that split
+    each document separately (TE THD, whose micro-batches `model/thd.py` builds the same way). The
+    result is longer than the sample by the padding."""
+    bounds = cu_seqlens_from_segments(sample["segment_ids"]).tolist()
+    lengths = np.diff(bounds)
+    return pad_documents(sample, bounds, (lengths + (-lengths) % (2 * cp_size)).tolist())
