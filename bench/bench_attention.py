@@ -44,10 +44,12 @@ def main() -> None:
     from megatron.core.transformer import TransformerConfig
     from megatron.core.transformer.enums import AttnMaskType
 
-    from megatron_emu3.model.attention import SDPACoreAttention, document_attention_mask
+    from megatron_emu3.batch.inputs import document_attention_mask
+
+    from megatron_emu3.model.attention import SDPACoreAttention
     from megatron_emu3.model.flash_attention import (FlashVarlenCoreAttention, TorchVarlenCoreAttention, flash_available,
                                                      torch_varlen_available)
-    from megatron_emu3.model.inputs import document_cu_seqlens
+    from megatron_emu3.batch.inputs import document_cu_seqlens
 
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)

@@ -26,13 +26,13 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     from megatron_emu3.checkpoint.state import AsyncSaver, load_checkpoint, save_checkpoint
     from megatron_emu3.config.loading import resolve_config
-    from megatron_emu3.training.data_feed import build_train_dataset
-    from megatron_emu3.training.trainer import build_run, current_device, train_one_step
+    from megatron_emu3.training.pretrain import PretrainTask
+    from megatron_emu3.training.trainer import build_run, train_one_step
 
     root = Path(tempfile.mkdtemp(prefix="emu3-ckpt-bench-"))
     cfg = resolve_config(None, [f"preset={args.preset}", f"run_dir={root}", "checkpoint.keep_last=1", *args.overrides])
     run = build_run(cfg)
-    train_one_step(run, build_train_dataset(cfg), current_device())  # the optimizer state exists after a step
+    train_one_step(run, PretrainTask(cfg, run.ctx, run.choice.input_format))  # the optimizer state exists after a step
     params = sum(p.numel() for p in run.model.parameters())
     saver = AsyncSaver() if cfg.checkpoint.async_save else None
     saves, blocking, loads = [], [], []
@@ -40,15 +40,15 @@ def main() -> None:
         run.state.step = i + 1
         start = time.perf_counter()
         if saver is None:
-            path = save_checkpoint(run, root / "checkpoints")
+            path = save_checkpoint(run.checkpoint_parts(), root / "checkpoints", cfg)
         else:
-            saver.save(run, root / "checkpoints")
+            saver.save(run.checkpoint_parts(), root / "checkpoints", cfg)
             blocking.append(time.perf_counter() - start)
             saver.wait()  # published: renamed from .partial, `latest` moved
             path = saver.published[-1]
         saves.append(time.perf_counter() - start)
         start = time.perf_counter()
-        load_checkpoint(run, path)
+        load_checkpoint(run.checkpoint_parts(), path)
         loads.append(time.perf_counter() - start)
     if saver is not None:
         saver.close()

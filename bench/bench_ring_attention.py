@@ -22,8 +22,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from megatron_emu3.model.attention import document_attention_mask
-from megatron_emu3.model.ring_attention import ring_attention, zigzag_split
+from megatron_emu3.batch.inputs import document_attention_mask
+from megatron_emu3.batch.zigzag import zigzag_split
+from megatron_emu3.model.ring_attention import ring_attention
 
 
 def inputs(seq_len: int, docs: int, heads: int, groups: int, head_dim: int, batch: int = 1):

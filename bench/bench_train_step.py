@@ -44,11 +44,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from megatron_emu3.config.loading import resolve_config
-    from megatron_emu3.model.build import unwrap
-    from megatron_emu3.model.spec import decoder_spec
     from megatron_emu3.parallel.planner import Layout, memory_per_gpu, model_flops_per_token
-    from megatron_emu3.training.data_feed import build_train_dataset
-    from megatron_emu3.training.trainer import build_run, current_device, train_one_step
+    from megatron_emu3.training.pretrain import PretrainTask
+    from megatron_emu3.training.trainer import build_run, train_one_step
 
     cuda = torch.cuda.is_available()
     cfg = resolve_config(None, ["preset=emu3_8b", f"model.num_layers={args.layers}", f"data.seq_length={args.seq}",
@@ -57,15 +55,15 @@ def main() -> None:
                                 f"train.precision={'bf16' if cuda else 'fp32'}", "model.hidden_dropout=0",
                                 "model.attention_dropout=0", *args.overrides])
     run = build_run(cfg)
-    dataset, device = build_train_dataset(cfg), current_device()
-    train_one_step(run, dataset, device)  # warm-up
+    task = PretrainTask(cfg, run.ctx, run.choice.input_format)
+    train_one_step(run, task)  # warm-up
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        train_one_step(run, dataset, device)
+        train_one_step(run, task)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -76,11 +74,9 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if cuda else "CPU"
     print(f"device {device_name} | torch {torch.__version__} | layers {cfg.model.num_layers} | "
           f"seq {cfg.data.seq_length} | {'bf16' if cuda else 'fp32'} | recompute {cfg.parallel.recompute}")
-    # which kernel produced these figures (the same choice build_run made, model/spec.py)
-    why = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp,
-                       cfg.model.attention_dropout).why
-    print(f"attention backend={cfg.parallel.attention_backend}: {why} | input format "
-          f"{unwrap(run.model).input_format}")
+    # which kernel produced these figures (the choice build_run made, model/spec.py)
+    print(f"attention backend={cfg.parallel.attention_backend}: {run.choice.why} | input format "
+          f"{run.choice.input_format}")
     print(f"step {step * 1e3:.1f} ms | {tokens / step:,.0f} tokens/s | model TFLOP/s {flops:.1f} | "
           f"matmul peak {peak:.1f} TFLOP/s | MFU {flops / peak:.1%} (causal attention counted as half)")
     if cuda:

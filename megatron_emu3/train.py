@@ -1,4 +1,4 @@
-"""Training entry point.
+"""Training entry point (pretraining, stage 1/2, QFT).
 
     python -m megatron_emu3.train --config examples/recipes/tiny.yaml [key=value ...]
     torchrun --nproc-per-node 2 -m megatron_emu3.train --config RECIPE parallel.tp=2
@@ -13,52 +13,69 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable
 
 from megatron_emu3.config.loading import ConfigError, resolve_config
 from megatron_emu3.logs import configure_logging
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m megatron_emu3.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML recipe (examples/recipes/*.yaml)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved config, parameter count and layout; build nothing")
-    parser.add_argument("--world-size", type=int, default=None,
-                        help="with --dry-run: the number of ranks to plan for (default: launch.nodes x gpus_per_node)")
+def parse_args(prog: str, doc: str, argv=None, dry_run: bool = True) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=not dry_run, help="YAML recipe (examples/recipes/*.yaml)")
+    if dry_run:
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print the resolved config, parameter count and layout; build nothing")
+        parser.add_argument("--world-size", type=int, default=None,
+                            help="with --dry-run: the number of ranks to plan for (default: launch.nodes x gpus_per_node)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. parallel.tp=2 train.iters=10")
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_entry(prog: str, doc: str, train_fn: Callable, argv=None, dry_run: bool = True) -> int:
+    """Parse, resolve and validate the config, then `train_fn(cfg)`; bad input exits 2 with one line."""
+    args = parse_args(prog, doc, argv, dry_run)
+    from megatron_emu3.parallel.launcher import exit_with_launcher
     from megatron_emu3.parallel.setup import dist_env_from_environ
 
-    configure_logging(dist_env_from_environ().rank)
+    env = dist_env_from_environ()
+    configure_logging(env.rank)
+    exit_with_launcher()
     try:
         cfg = resolve_config(args.config, args.overrides)
-        if args.dry_run:
-            from megatron_emu3.training.dry_run import dry_run
+        if getattr(args, "dry_run", False):
+            from megatron_emu3.training.dry_run import dry_run as report
 
-            print(dry_run(cfg, args.world_size))
+            print(report(cfg, args.world_size))
             return 0
         from megatron_emu3.config.validation import validate_config
 
-        validate_config(cfg, dist_env_from_environ().world_size)
+        validate_config(cfg, env.world_size)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    from megatron_emu3.training.trainer import train
+    from megatron_emu3.parallel.setup import destroy_distributed
+    from megatron_emu3.training.run_lock import RunDirLockedError
 
     try:
-        train(cfg)
-    except (FileNotFoundError, ValueError) as err:
-        # bad data or checkpoint paths: say what and where; EMU3_DEBUG=1 keeps the traceback
+        train_fn(cfg)
+    except (ConfigError, FileNotFoundError, ValueError, RunDirLockedError) as err:
+        # bad data or checkpoint paths, a busy run directory: say what and where; EMU3_DEBUG=1 keeps the traceback
         if os.environ.get("EMU3_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    destroy_distributed()
     return 0
+
+
+def _pretrain(cfg) -> None:
+    from megatron_emu3.training.trainer import train  # imported late: --dry-run builds nothing
+
+    train(cfg)
+
+
+def main(argv=None) -> int:
+    return run_entry("python -m megatron_emu3.train", __doc__, _pretrain, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""Save and load a run with megatron-core's dist_checkpointing (torch_dist format).
+"""Save and load named state objects with megatron-core's dist_checkpointing (torch_dist format).
 
-What a checkpoint holds: the model (sharded, layout-independent), the optimizer (fully reshardable
-form, so TP/DP/distributed-optimizer layouts can change between save and load), the train state
-(step, consumed samples), every rank's RNG states, the resolved config and the vocabulary facts.
-Exact resume restores all of it; a weights-only load (stage 1 -> stage 2) restores the model only.
+A checkpoint is a dict of named parts, each a small object with `sharded_state(is_loading, parts)`
+(what to save, or the request to load into) and `load_state(loaded)`. `run_state` gives the parts
+of a training run: the model (sharded, layout-independent), the optimizer (fully reshardable form,
+so TP/DP/distributed-optimizer layouts can change between save and load), the train progress (step,
+consumed samples = the data position), the parallel layout and every rank's RNG states. A part that
+is only meaningful on the layout it was saved from (`layout_bound`: the RNG states) is skipped when
+the layout changed. Exact resume restores all of it; `load_model_weights` restores the model only.
+This package knows nothing of the trainer: callers hand it parts.
 """
 
 from __future__ import annotations
@@ -13,16 +17,17 @@ import logging
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core import dist_checkpointing, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
 
 from megatron_emu3.checkpoint import layout
-from megatron_emu3.checkpoint.vocab_padding import cut_local_rows, request_whole_vocab_tensors, vocab_rows_differ
 from megatron_emu3.checkpoint.optimizer_compat import (
     adapt_optimizer_common,
     defer_missing_master_weights,
@@ -30,11 +35,13 @@ from megatron_emu3.checkpoint.optimizer_compat import (
     init_empty_adam_state,
     load_optimizer_state,
 )
+from megatron_emu3.checkpoint.vocab_padding import cut_local_rows, request_whole_vocab_tensors, vocab_rows_differ
 from megatron_emu3.config.loading import save_config
 from megatron_emu3.config.validation import padded_vocab_size
 from megatron_emu3.data import tokens
 from megatron_emu3.model.build import unwrap
-from megatron_emu3.training.step import sync_params
+from megatron_emu3.parallel.context import ParallelContext
+from megatron_emu3.parallel.ddp import sync_params
 
 logger = logging.getLogger(__name__)
 
@@ -45,40 +52,123 @@ class CheckpointMismatchError(RuntimeError):
     """The checkpoint's tensors do not fit the model the config builds."""
 
 
-def _layout_facts(run) -> dict:
-    p = run.cfg.parallel
-    return {"world_size": run.env.world_size, "tp": p.tp, "cp": p.cp, "pp": p.pp,
-            "distributed_optimizer": p.distributed_optimizer}
+class Stateful(Protocol):
+    """A named part of a checkpoint."""
+
+    def sharded_state(self, is_loading: bool, parts: Mapping[str, Any]) -> Any:
+        """What to save (or the request to load into); `parts`: the parts built before this one."""
+
+    def load_state(self, loaded: Any) -> None:
+        """Take the loaded values."""
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+@dataclass
+class TrainProgress:
+    """Where the run is: optimizer steps done and samples consumed (the data position)."""
+
+    step: int = 0
+    consumed_samples: int = 0
+
+    def sharded_state(self, is_loading: bool, parts) -> dict:
+        return {"step": self.step, "consumed_samples": self.consumed_samples}
+
+    def load_state(self, loaded: dict) -> None:
+        self.step = int(loaded["step"])
+        self.consumed_samples = int(loaded["consumed_samples"])
 
 
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+class ModelState:
+    """The model's sharded tensors (synced first when parameter gathers are deferred)."""
+
+    def __init__(self, model: torch.nn.Module, vocab_size: int):
+        self.model, self.vocab_size = model, vocab_size
+
+    def sharded_state(self, is_loading: bool, parts) -> dict:
+        if not is_loading:
+            sync_params(self.model)  # parameters the optimizer updated but forward hooks did not gather yet
+        return unwrap(self.model).sharded_state_dict()
+
+    def before_load(self, request: dict, path: Path, saved_keys: set) -> None:
+        check_model_shapes(request, path, self.vocab_size)
+
+    def load_state(self, loaded: dict) -> None:
+        unwrap(self.model).load_state_dict(loaded)
 
 
-def _sharded_state(run, is_loading: bool) -> dict:
-    if not is_loading:
-        sync_params(run.model)  # parameters the optimizer updated but forward hooks did not gather yet
-    model_sd = unwrap(run.model).sharded_state_dict()
-    return {
-        "model": model_sd,
-        "optimizer": run.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIMIZER_METADATA),
-        "train_state": {"step": run.state.step, "consumed_samples": run.state.consumed_samples},
-        "layout": _layout_facts(run),
-        "rng_state": ShardedObject("rng_state", _rng_state(), (run.env.world_size,), (run.env.rank,), replica_id=0),
-    }
+class OptimizerState:
+    """megatron-core's optimizer in its fully reshardable form, keyed on the model part's tensors."""
+
+    def __init__(self, optimizer, model_part: str = "model"):
+        self.optimizer, self.model_part, self.deferred = optimizer, model_part, []
+
+    def sharded_state(self, is_loading: bool, parts) -> dict:
+        if is_loading:
+            init_empty_adam_state(self.optimizer)
+        return self.optimizer.sharded_state_dict(parts[self.model_part], is_loading=is_loading,
+                                                 metadata=OPTIMIZER_METADATA)
+
+    def before_load(self, request: dict, path: Path, saved_keys: set) -> None:
+        self.deferred = defer_missing_master_weights({"optimizer": request}, saved_keys)
+        if self.deferred:
+            logger.info("checkpoint has no separate master weights: %d taken from the model weights",
+                        len(self.deferred))
+
+    def load_state(self, loaded: dict) -> None:
+        fill_master_weights(self.optimizer, loaded, self.deferred)
+        adapt_optimizer_common(self.optimizer, loaded)
+        load_optimizer_state(self.optimizer, loaded)
+
+
+class LayoutFacts:
+    """The parallel layout a checkpoint was written under (parts marked `layout_bound` need the same)."""
+
+    def __init__(self, cfg, ctx: ParallelContext):
+        p = cfg.parallel
+        self.facts = {"world_size": ctx.world_size, "tp": p.tp, "cp": p.cp, "pp": p.pp,
+                      "distributed_optimizer": p.distributed_optimizer}
+
+    def sharded_state(self, is_loading: bool, parts) -> dict:
+        return dict(self.facts)
+
+    def load_state(self, loaded: dict) -> None:
+        pass  # compared before loading (see load_checkpoint); nothing to restore
+
+
+class RngState:
+    """Every rank's Python, numpy, torch (CPU/CUDA) and tensor-parallel tracker RNG states."""
+
+    layout_bound = True
+
+    def __init__(self, ctx: ParallelContext):
+        self.ctx = ctx
+
+    def sharded_state(self, is_loading: bool, parts) -> ShardedObject:
+        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                 "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return ShardedObject("rng_state", state, (self.ctx.world_size,), (self.ctx.rank,), replica_id=0)
+
+    def load_state(self, state: dict) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if torch.cuda.is_available() and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"])
+        tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def run_state(cfg, ctx: ParallelContext, model, optimizer, progress: TrainProgress) -> dict[str, Stateful]:
+    """The parts of a training run's checkpoint, in the order they must be built."""
+    return {"model": ModelState(model, cfg.model.vocab_size), "optimizer": OptimizerState(optimizer),
+            "train_state": progress, "layout": LayoutFacts(cfg, ctx), "rng_state": RngState(ctx)}
+
+
+def _sharded(parts: Mapping[str, Stateful], is_loading: bool) -> dict:
+    built: dict[str, Any] = {}
+    for name, part in parts.items():
+        built[name] = part.sharded_state(is_loading, built)
+    return built
 
 
 def vocab_facts(cfg) -> dict:
@@ -121,11 +211,11 @@ def _save(sharded: dict, cfg, ckpt_dir: str | Path, step: int, keep_last: int) -
     return _publish(cfg, ckpt_dir, step, keep_last)
 
 
-def save_checkpoint(run, ckpt_dir: str | Path) -> Path:
-    """Save `run` at its current step (all ranks call this); returns the published directory."""
+def save_checkpoint(parts: Mapping[str, Stateful], ckpt_dir: str | Path, cfg) -> Path:
+    """Save `parts` at the step of their ``train_state`` (all ranks call this); returns the published dir."""
     start = time.perf_counter()
-    final = _save(_sharded_state(run, is_loading=False), run.cfg, ckpt_dir, run.state.step,
-                  run.cfg.checkpoint.keep_last)
+    final = _save(_sharded(parts, is_loading=False), cfg, ckpt_dir, parts["train_state"].step,
+                  cfg.checkpoint.keep_last)
     logger.info("saved checkpoint %s in %.2fs", final, time.perf_counter() - start)
     return final
 
@@ -144,13 +234,12 @@ class AsyncSaver:
         self.queue = AsyncCallsQueue()
         self.published: list[Path] = []
 
-    def save(self, run, ckpt_dir: str | Path) -> None:
+    def save(self, parts: Mapping[str, Stateful], ckpt_dir: str | Path, cfg) -> None:
         self.wait()
-        step, cfg = run.state.step, run.cfg
+        step = parts["train_state"].step
         start = time.perf_counter()
         partial = _prepare(ckpt_dir, step)
-        request = dist_checkpointing.save(_sharded_state(run, is_loading=False), str(partial),
-                                          async_sharded_save=True)
+        request = dist_checkpointing.save(_sharded(parts, is_loading=False), str(partial), async_sharded_save=True)
 
         def publish():
             final = _publish(cfg, ckpt_dir, step, cfg.checkpoint.keep_last)
@@ -208,49 +297,42 @@ def _load(sharded: dict, path: Path, vocab_size: int) -> dict:
     return loaded
 
 
-def load_model_weights(gpt: torch.nn.Module, path: str | Path) -> Path:
-    """Load only the model tensors of checkpoint `path` into an (unwrapped) GPTModel."""
+def load_model_weights(gpt: torch.nn.Module, path: str | Path, vocab_size: int) -> Path:
+    """Load only the model tensors of checkpoint `path` into an (unwrapped) GPTModel whose first
+    `vocab_size` embedding rows are real."""
     path = layout.resolve_checkpoint_path(path)
-    vocab_size = gpt.vocab_size_real
+    start = time.perf_counter()
     model_sd = gpt.sharded_state_dict()
     check_model_shapes(model_sd, path, vocab_size)
     loaded = _load({"model": model_sd}, path, vocab_size)
     gpt.load_state_dict(loaded["model"])
+    logger.info("loaded model weights only from %s in %.2fs", path, time.perf_counter() - start)
     return path
 
 
-def load_checkpoint(run, path: str | Path, weights_only: bool = False) -> Path:
-    """Load a checkpoint (a CKPT_DIR with ``latest`` or an iteration dir) into `run`."""
+def load_checkpoint(parts: Mapping[str, Stateful], path: str | Path) -> Path:
+    """Load a checkpoint (a CKPT_DIR with ``latest`` or an iteration dir) into `parts`."""
     path = layout.resolve_checkpoint_path(path)
     start = time.perf_counter()
-    gpt = unwrap(run.model)
-    if weights_only:
-        load_model_weights(gpt, path)
-        logger.info("loaded model weights only from %s in %.2fs (new optimizer, schedule and step 0)",
-                    path, time.perf_counter() - start)
-        return path
-    init_empty_adam_state(run.optimizer)
-    sharded = _sharded_state(run, is_loading=True)
-    check_model_shapes(sharded["model"], path, run.cfg.model.vocab_size)
-    deferred = defer_missing_master_weights(sharded, set(dist_checkpointing.load_tensors_metadata(str(path))))
-    if deferred:
-        logger.info("checkpoint has no separate master weights: %d taken from the model weights", len(deferred))
+    request = _sharded(parts, is_loading=True)
+    saved_keys = set(dist_checkpointing.load_tensors_metadata(str(path)))
+    for name, part in parts.items():
+        if hasattr(part, "before_load"):
+            part.before_load(request[name], path, saved_keys)
     saved_layout = dist_checkpointing.load_common_state_dict(str(path)).get("layout", {})
-    same_layout = saved_layout == _layout_facts(run)
-    if not same_layout:
-        sharded.pop("rng_state")  # per-rank RNG states only map onto the same layout
-    loaded = _load(sharded, path, run.cfg.model.vocab_size)
-    gpt.load_state_dict(loaded["model"])
-    fill_master_weights(run.optimizer, loaded["optimizer"], deferred)
-    adapt_optimizer_common(run.optimizer, loaded["optimizer"])
-    load_optimizer_state(run.optimizer, loaded["optimizer"])
-    run.state.step = int(loaded["train_state"]["step"])
-    run.state.consumed_samples = int(loaded["train_state"]["consumed_samples"])
-    if same_layout:
-        _set_rng_state(loaded["rng_state"])
-    else:
+    same_layout = "layout" not in parts or saved_layout == request["layout"]
+    skipped = [] if same_layout else [name for name, part in parts.items() if getattr(part, "layout_bound", False)]
+    for name in skipped:
+        request.pop(name)
+    vocab_size = parts["model"].vocab_size if "model" in parts else 0
+    loaded = _load(request, path, vocab_size)
+    for name, part in parts.items():
+        if name not in skipped:
+            part.load_state(loaded[name])
+    if skipped:
         logger.warning("checkpoint layout %s differs from this run's %s: model and optimizer resharded, "
-                       "RNG states reseeded from the config seed", saved_layout, _layout_facts(run))
-    logger.info("resumed from %s at step %d (%d samples consumed) in %.2fs", path, run.state.step,
-                run.state.consumed_samples, time.perf_counter() - start)
+                       "%s reseeded from the config seed", saved_layout, request["layout"], ", ".join(skipped))
+    progress = parts.get("train_state")
+    logger.info("resumed from %s%s in %.2fs", path, f" at step {progress.step} ({progress.consumed_samples} "
+                f"samples consumed)" if progress is not None else "", time.perf_counter() - start)
     return path

@@ -28,7 +28,8 @@ class ModelConfig:
     vocab_size: int = 184_622
     """Real vocabulary size (before padding); the Emu3 tokenizer has 184,622 ids."""
     make_vocab_size_divisible_by: int = 128
-    """Embedding rows are padded to a multiple of this times the tensor-parallel size."""
+    """Embedding rows are padded to a multiple of this times lcm(8, tensor-parallel size): the same
+    rows under any TP up to 8; the padding rows' logits are masked (model/build.py)."""
     rope_base: int = 1_000_000
     """RoPE base frequency (theta)."""
     norm_eps: float = 1e-5
@@ -174,8 +175,6 @@ class LoggingConfig:
     """Write metrics every N steps."""
     tensorboard: bool = False
     """Also write TensorBoard event files under RUN_DIR/tensorboard."""
-    wandb_project: Optional[str] = None
-    """Weights & Biases project (None = off)."""
 
 
 @dataclass
@@ -200,6 +199,9 @@ class DPOConfig:
     """DPO temperature: scale of the policy-vs-reference log-ratio margin."""
     sft_weight: float = 0.1
     """Weight of the next-token (CE) loss on the chosen completions added to the DPO loss."""
+    valid_fraction: float = 0.0
+    """Share of the preference records held out (seeded by data.split_seed) and scored at every
+    evaluation (train.eval_interval): reward margin, accuracy of chosen over rejected, losses."""
 
 
 @dataclass

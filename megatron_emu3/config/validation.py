@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 from megatron_emu3.config.loading import ConfigError
 from megatron_emu3.config.schema import Config
 from megatron_emu3.data.tokens import VOCAB_SIZE
@@ -22,9 +24,15 @@ CHOICES = {
 }
 
 
+VOCAB_PAD_TP = 8
+"""The vocabulary is padded as if for this tensor-parallel size whatever the run's TP (up to it), so
+the model (shapes, the random initialisation of every tensor) does not depend on the layout."""
+
+
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
-    """Embedding rows: vocab rounded up to a multiple of divisible_by * tp (Megatron's rule)."""
-    multiple = divisible_by * tp
+    """Embedding rows: vocab rounded up to a multiple of divisible_by x lcm(8, tp) (Emu3: 185,344 at any
+    TP of 1, 2, 4 or 8). Megatron-LM pads to divisible_by x tp, which made the model depend on TP."""
+    multiple = divisible_by * math.lcm(VOCAB_PAD_TP, tp)
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
@@ -114,5 +122,7 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
         fail(f"dpo.beta={cfg.dpo.beta} must be > 0 (typical: 0.1)")
     if not cfg.dpo.sft_weight >= 0:
         fail(f"dpo.sft_weight={cfg.dpo.sft_weight} must be >= 0 (0 turns the next-token loss off)")
+    if not 0 <= cfg.dpo.valid_fraction < 1:
+        fail(f"dpo.valid_fraction={cfg.dpo.valid_fraction} must be in [0, 1) (0.05 holds out 5% of the pairs)")
     if p.recompute_num_layers < 1 or m.num_layers % p.recompute_num_layers:
         fail(f"parallel.recompute_num_layers={p.recompute_num_layers} must divide model.num_layers={m.num_layers}")

@@ -40,7 +40,7 @@ def load_checkpoint_model(checkpoint: str | Path, overrides=()):
     cfg = resolve_config(str(path / "config.yaml"), [*SINGLE_PROCESS, *overrides])
     init_distributed(cfg, DistEnv(0, 1, 0))
     gpt = build_model(cfg)
-    load_model_weights(gpt, path)
+    load_model_weights(gpt, path, cfg.model.vocab_size)
     return cfg, gpt, path
 
 

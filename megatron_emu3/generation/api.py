@@ -26,7 +26,7 @@ import torch
 from megatron_emu3.data import tokens
 from megatron_emu3.data.documents import VisionMeta, parse, vision_block
 from megatron_emu3.generation.constraints import TextOnlyLogitsProcessor, VisionGridLogitsProcessor, grid_length
-from megatron_emu3.generation.decoding import HFLM, MegatronLM, broadcast_tokens
+from megatron_emu3.generation.decoding import HFLM, MegatronLM
 from megatron_emu3.generation.sampler import choose, guide
 from megatron_emu3.generation.sampling import SamplingConfig, generation_prompt
 
@@ -85,7 +85,7 @@ def decode(lm, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: 
         scores = guide(logits[:n], logits[n:] if negative_prompts is not None else None, sampling.guidance_scale)
         for processor in processors:
             scores = processor(history, scores)
-        chosen = broadcast_tokens(choose(scores, sampling, generator).to(ids.device))
+        chosen = lm.agree(choose(scores, sampling, generator).to(ids.device))
         chosen = torch.where(done, torch.zeros_like(chosen), chosen)  # finished rows: filler, not returned
         for i in range(n):
             if not done[i]:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from megatron.core import parallel_state
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 from megatron_emu3.model.build import unwrap
+from megatron_emu3.parallel.context import ParallelContext
 
 
 def _mask(valid_keys: torch.Tensor, q_len: int, offset: int) -> torch.Tensor:
@@ -44,17 +44,22 @@ def _mask(valid_keys: torch.Tensor, q_len: int, offset: int) -> torch.Tensor:
 class MegatronLM:
     """Decoding session over our GPTModel (DDP/Float16Module wrappers are unwrapped).
 
-    `vocab_size` trims megatron-core's padded vocabulary rows; `max_length` bounds the cache.
+    `vocab_size` trims megatron-core's padded vocabulary rows; `max_length` bounds the cache. Under
+    tensor parallelism `ctx` (this rank's parallel context) lets every TP rank take TP rank 0's tokens.
     """
 
     def __init__(self, model: torch.nn.Module, vocab_size: int | None = None, max_length: int = 4096,
-                 use_cache: bool = True):
+                 use_cache: bool = True, ctx: ParallelContext | None = None):
         self.gpt = unwrap(model)
         cfg = self.gpt.config
+        self.ctx = ctx
+        self.tp = cfg.tensor_model_parallel_size
+        if self.tp > 1 and ctx is None:
+            raise ValueError("a tensor-parallel model decodes with its parallel context: MegatronLM(..., ctx=run.ctx)")
         if cfg.sequence_parallel or cfg.context_parallel_size > 1:
             raise ValueError("generation runs without sequence or context parallelism; build or load the model "
                              "with parallel.sequence_parallel=false parallel.cp=1 (any parallel.tp works)")
-        self.vocab_size = vocab_size or getattr(self.gpt, "vocab_size_real", None) or self.gpt.vocab_size
+        self.vocab_size = vocab_size or self.gpt.vocab_size
         self.max_length, self.use_cache = max_length, use_cache
         self.gpt.eval()
 
@@ -63,7 +68,7 @@ class MegatronLM:
         """[s, n, h] final hidden states -> gathered logits [n, s, vocab] (fp32, padding rows trimmed)."""
         weight = self.gpt.shared_embedding_or_output_weight() if self.gpt.share_embeddings_and_output_weights else None
         logits, _ = self.gpt.output_layer(hidden, weight=weight)
-        if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        if self.tp > 1:
             logits = gather_from_tensor_model_parallel_region(logits)
         return logits.transpose(0, 1)[..., : self.vocab_size].float()
 
@@ -74,9 +79,15 @@ class MegatronLM:
         positions = torch.arange(s, device=ids.device).expand(n, s)
         mask = ~_mask(valid, s, 0)  # megatron's convention: True = masked
         logits = self.gpt(ids, positions, mask)
-        if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        if self.tp > 1:
             logits = gather_from_tensor_model_parallel_region(logits)
         return logits[..., : self.vocab_size].float()
+
+    def agree(self, tokens_: torch.Tensor) -> torch.Tensor:
+        """Make every tensor-parallel rank use TP rank 0's tokens (no-op without TP)."""
+        if self.tp > 1:
+            dist.broadcast(tokens_, src=dist.get_global_rank(self.ctx.tp_group, 0), group=self.ctx.tp_group)
+        return tokens_
 
     # -- session --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -167,13 +178,5 @@ class HFLM:
         self.valid = torch.cat([self.valid, torch.ones_like(next_ids, dtype=torch.bool)], dim=1)
         return self._run(next_ids if self.use_cache else self.ids)
 
-
-def broadcast_tokens(tokens_: torch.Tensor) -> torch.Tensor:
-    """Make every tensor-parallel rank use TP rank 0's tokens (no-op without TP)."""
-    if not (dist.is_initialized() and parallel_state.model_parallel_is_initialized()):
-        return tokens_
-    if parallel_state.get_tensor_model_parallel_world_size() == 1:
-        return tokens_
-    dist.broadcast(tokens_, src=parallel_state.get_tensor_model_parallel_src_rank(),
-                   group=parallel_state.get_tensor_model_parallel_group())
-    return tokens_
+    def agree(self, tokens_: torch.Tensor) -> torch.Tensor:
+        return tokens_  # one process

@@ -21,14 +21,6 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
 
-def document_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Causal, document-local mask [b, 1, s, s] from segment ids [b, s]; True = may NOT attend."""
-    seq_len = segment_ids.shape[-1]
-    same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
-    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=segment_ids.device).tril_()
-    return ~(same_doc & causal)[:, None]
-
-
 class SDPACoreAttention(MegatronModule):
     """Document-masked causal attention through `torch.nn.functional.scaled_dot_product_attention`."""
 

@@ -1,8 +1,14 @@
-"""Build Emu3 as a megatron-core `GPTModel` shard for this rank, and count its parameters.
+"""Build Emu3 as a megatron-core `GPTModel` shard for this rank.
 
-`build_model` needs megatron-core's parallel state initialised (see `parallel/setup.py`).
-`count_parameters` is pure arithmetic over the config, so the dry run can report the exact
-8B parameter count on any machine.
+`build_model` needs megatron-core's parallel state initialised (see `parallel/setup.py`). The decoder
+spec is chosen once (`decoder_choice`) and handed back to the caller, whose data feed lays batches
+out in the input format that spec's attention reads (`batch/inputs.py`).
+
+The embedding and output layer have `padded_vocab_size` rows (a multiple that does not depend on the
+tensor-parallel size up to 8, so a seed builds the same model under any layout). Rows past the real
+vocabulary are never used: their logits are masked to -inf on the way out of the output layer, so
+they take part neither in the loss nor in sampling, and the HF export (which trims them) holds
+exactly the trained model.
 """
 
 from __future__ import annotations
@@ -10,41 +16,26 @@ from __future__ import annotations
 import logging
 
 import torch
-
+from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 
-from megatron_emu3.config.schema import Config, ModelConfig
+from megatron_emu3.config.schema import Config
 from megatron_emu3.config.to_mcore import transformer_config
 from megatron_emu3.config.validation import padded_vocab_size
-from megatron_emu3.model.spec import decoder_spec
+from megatron_emu3.model.spec import DecoderChoice, decoder_spec
 
 logger = logging.getLogger(__name__)
 
 
-def count_parameters(model: ModelConfig, vocab_size: int | None = None) -> dict[str, int]:
-    """Parameter counts by part for `vocab_size` embedding rows (default: the real vocab, unpadded)."""
-    vocab = model.vocab_size if vocab_size is None else vocab_size
-    h, f = model.hidden_size, model.ffn_hidden_size
-    head_dim = h // model.num_attention_heads
-    qkv = h * (model.num_attention_heads + 2 * model.num_query_groups) * head_dim
-    out_proj = model.num_attention_heads * head_dim * h
-    mlp = 3 * h * f
-    per_layer = qkv + out_proj + mlp + 2 * h
-    embeddings = vocab * h * (2 if model.untie_embeddings else 1)
-    counts = {
-        "embeddings": embeddings,
-        "per_layer": per_layer,
-        "layers": per_layer * model.num_layers,
-        "final_norm": h,
-    }
-    counts["total"] = counts["embeddings"] + counts["layers"] + counts["final_norm"]
-    return counts
+def decoder_choice(cfg: Config) -> DecoderChoice:
+    """The decoder spec for the config's attention backend, and why (logged by `build_model`)."""
+    return decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp,
+                        cfg.model.attention_dropout)
 
 
-def build_model(cfg: Config) -> GPTModel:
+def build_model(cfg: Config, choice: DecoderChoice | None = None) -> GPTModel:
     """This rank's shard of the model, on the current device, in the config's precision."""
-    choice = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp,
-                          cfg.model.attention_dropout)
+    choice = choice or decoder_choice(cfg)
     logger.info("model: %s", choice.why)
     vocab = padded_vocab_size(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
     model = GPTModel(
@@ -59,9 +50,25 @@ def build_model(cfg: Config) -> GPTModel:
         position_embedding_type="rope",
         rotary_base=cfg.model.rope_base,
     )
-    model.vocab_size_real = cfg.model.vocab_size  # rows past it are megatron-core's padding
-    model.input_format = choice.input_format  # how documents reach the attention (model/inputs.py)
+    mask_padded_vocab(model.output_layer, cfg.model.vocab_size, vocab,
+                      parallel_state.get_tensor_model_parallel_rank())
     return model
+
+
+def mask_padded_vocab(output_layer: torch.nn.Module, real_vocab: int, padded_vocab: int, tp_rank: int):
+    """Make the output layer's logits of the padding rows -inf (this rank's columns, or all of them
+    when the output is gathered); returns the hook handle."""
+
+    def hook(module, args, output):
+        logits, bias = output
+        columns = logits.shape[-1]
+        first = 0 if columns == padded_vocab else tp_rank * columns
+        if first + columns <= real_vocab:
+            return output
+        column = torch.arange(first, first + columns, device=logits.device)
+        return logits.masked_fill(column >= real_vocab, float("-inf")), bias
+
+    return output_layer.register_forward_hook(hook)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """Core attention on a varlen flash kernel (GPU): documents as packed sequences, native GQA.
 
 The micro-batch's b samples are laid end to end ([b*s, heads, d]); `cu_seqlens` marks every document
-(built from the segment ids the model passes as `attention_mask`, see `model/inputs.py`), so the
+(built from the segment ids the model passes as `attention_mask`, see `batch/inputs.py`), so the
 kernel never attends across documents and K/V keep their own (fewer) heads. Two kernels:
 - `FlashVarlenCoreAttention`: flash-attn's ``flash_attn_varlen_func`` (the optional `[gpu]` extra,
   imported when the module is built; `flash_available()` says why it cannot be used);
@@ -21,7 +21,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_emu3.model.inputs import document_cu_seqlens
+from megatron_emu3.batch.inputs import document_cu_seqlens
 
 
 def flash_available() -> tuple[bool, str]:

@@ -18,7 +18,7 @@ Public API:
 - `ring_attention(q, k, v, segment_ids, cp_group, softmax_scale=None)` on [b, heads, s_local, d];
 - `RingCoreAttention`: drop-in for megatron-core's `DotProductAttention` in a layer spec, whose
   `attention_mask` argument is this rank's LOCAL segment ids [b, s_local] (int), not a boolean mask;
-- zigzag layout helpers `zigzag_chunks`, `zigzag_positions`, `zigzag_split`, `zigzag_merge`.
+- the zigzag layout itself lives in `batch/zigzag.py` (one implementation for data and attention).
 """
 
 from __future__ import annotations
@@ -35,53 +35,13 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
+from megatron_emu3.batch.zigzag import zigzag_chunks
+
 SCORE_TILE_ELEMENTS = 1 << 26
 """Most attention-score elements one block materialises at once (fp32: 256 MiB). Longer blocks are
 processed in query-row tiles, which bounds peak memory at 131k-token contexts."""
 
 _KV_TAG, _GRAD_TAG = 0, 1  # P2P tags: K/V blocks and dK/dV accumulators (gloo matches on tags)
-
-
-# ----------------------------------------------------------------------------------------------
-# Zigzag layout (pure functions)
-
-
-def zigzag_chunks(cp_rank: int, cp_size: int) -> tuple[int, int]:
-    """The two global chunk indices (of 2 * cp_size) that CP rank `cp_rank` holds, in local order."""
-    return cp_rank, 2 * cp_size - 1 - cp_rank
-
-
-def _check_split(seq_len: int, cp_size: int) -> None:
-    if seq_len % (2 * cp_size):
-        raise ValueError(f"sequence length {seq_len} is not divisible by 2 * context-parallel size "
-                         f"{2 * cp_size}; pad samples to a multiple of 2 * parallel.cp")
-
-
-def zigzag_positions(seq_len: int, cp_rank: int, cp_size: int, device=None) -> torch.Tensor:
-    """Global positions [seq_len // cp_size] of CP rank `cp_rank`'s local tokens."""
-    _check_split(seq_len, cp_size)
-    chunk = seq_len // (2 * cp_size)
-    first, second = zigzag_chunks(cp_rank, cp_size)
-    offsets = torch.arange(chunk, device=device)
-    return torch.cat([first * chunk + offsets, second * chunk + offsets])
-
-
-def zigzag_split(x: torch.Tensor, cp_rank: int, cp_size: int, dim: int = 1) -> torch.Tensor:
-    """CP rank `cp_rank`'s local part of full-sequence tensor `x` (sequence along `dim`)."""
-    _check_split(x.shape[dim], cp_size)
-    chunks = x.chunk(2 * cp_size, dim=dim)
-    first, second = zigzag_chunks(cp_rank, cp_size)
-    return torch.cat([chunks[first], chunks[second]], dim=dim)
-
-
-def zigzag_merge(parts: Sequence[torch.Tensor], dim: int = 1) -> torch.Tensor:
-    """Inverse of `zigzag_split`: the full sequence from every CP rank's local part, in rank order."""
-    cp_size = len(parts)
-    chunks: list[Optional[torch.Tensor]] = [None] * (2 * cp_size)
-    for rank, part in enumerate(parts):
-        first, second = zigzag_chunks(rank, cp_size)
-        chunks[first], chunks[second] = part.chunk(2, dim=dim)
-    return torch.cat(chunks, dim=dim)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ class DecoderChoice:
 
     spec: ModuleSpec | TransformerBlockSubmodules
     why: str
-    input_format: str  # mask | segments | thd (see model/inputs.py)
+    input_format: str  # mask | segments | thd (see batch/inputs.py)
 
 
 def decoder_spec(backend: str, num_layers: int, cp: int = 1, attention_dropout: float = 0.0) -> DecoderChoice:

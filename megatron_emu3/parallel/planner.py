@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from megatron_emu3.config.schema import Config
 from megatron_emu3.config.validation import padded_vocab_size
-from megatron_emu3.model.build import count_parameters
+from megatron_emu3.model.params import count_parameters
 
 GIB = 2**30
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from megatron_emu3.config.schema import Config
 from megatron_emu3.parallel import cpu_compat
+from megatron_emu3.parallel.context import ParallelContext, context_from_megatron
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ def dist_env_from_environ(environ=os.environ) -> DistEnv:
     return DistEnv(0, 1, 0)
 
 
-def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 600) -> DistEnv:
-    """Initialise the default process group and megatron-core's model-parallel groups."""
+def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 600) -> ParallelContext:
+    """Initialise the default process group and megatron-core's model-parallel groups; returns this
+    rank's parallel context (the one object the rest of the code reads ranks and groups from)."""
     from megatron.core import parallel_state, tensor_parallel
 
     env = env or dist_env_from_environ()
@@ -69,11 +71,11 @@ def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 6
             create_gloo_process_groups=True,
         )
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)
-    logger.info("rank %d of %d (local %d) on %s: tp rank %d, cp rank %d, dp rank %d, %s", env.rank, env.world_size,
-                env.local_rank, socket.gethostname(), parallel_state.get_tensor_model_parallel_rank(),
-                parallel_state.get_context_parallel_rank(), parallel_state.get_data_parallel_rank(),
-                f"cuda:{env.local_rank}" if on_gpu else "cpu/gloo")
-    return env
+    ctx = context_from_megatron(env.rank, env.world_size, env.local_rank)
+    logger.info("rank %d of %d (local %d) on %s: tp rank %d, cp rank %d, pp rank %d, dp rank %d, %s", ctx.rank,
+                ctx.world_size, ctx.local_rank, socket.gethostname(), ctx.tp_rank, ctx.cp_rank, ctx.pp_rank,
+                ctx.dp_rank, f"cuda:{env.local_rank}" if on_gpu else "cpu/gloo")
+    return ctx
 
 
 def _free_port() -> int:

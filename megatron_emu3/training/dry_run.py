@@ -16,7 +16,7 @@ from megatron_emu3.config.validation import (
     padded_vocab_size,
     validate_config,
 )
-from megatron_emu3.model.build import count_parameters
+from megatron_emu3.model.params import count_parameters
 
 
 def dry_run(cfg: Config, world_size: int | None = None) -> str:
@@ -35,7 +35,7 @@ def dry_run(cfg: Config, world_size: int | None = None) -> str:
         "# model",
         f"parameters (unpadded vocab {m.vocab_size:,}): {real['total']:,}",
         f"  embeddings {real['embeddings']:,} | per layer {real['per_layer']:,} x {m.num_layers} layers | final norm {real['final_norm']:,}",
-        f"padded vocab (multiple of {m.make_vocab_size_divisible_by} x tp {p.tp}): {padded:,}",
+        f"padded vocab (multiple of {m.make_vocab_size_divisible_by} x lcm(8, tp {p.tp}), masked): {padded:,}",
         f"parameters as built (padded vocab): {built['total']:,}",
         f"parameters per rank (tp {p.tp}): ~{built['total'] // p.tp:,}",
         "",

@@ -18,7 +18,7 @@ so each micro-batch backpropagates ``weighted_ce / W_global`` and gradients are 
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -50,14 +50,6 @@ def loss_sums(ce: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> 
 def stack_sums(sums: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The sums as one float64 vector in `STAT_KEYS` order (detached), ready for one all-reduce."""
     return torch.stack([sums[k].detach().double() for k in STAT_KEYS])
-
-
-def accumulate(parts: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-    """Sum of the stacked sums of several micro-batches."""
-    total = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-    for part in parts:
-        total = total + stack_sums(part).to(total.device)
-    return total
 
 
 def global_loss(local: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:

@@ -1,5 +1,8 @@
-"""The training loop, top to bottom: set up ranks, build model + optimizer, resume, step, log, save.
+"""The one training loop, for every task (pretraining, QFT, DPO), top to bottom.
 
+Set up ranks, build the model and optimizer, resume, then step: LR schedule, the task's step on
+megatron-core's schedule, metrics and evaluation, interval / signal / end saves (async if asked),
+`COMPLETE`. A task (`training/task.py`) supplies its batches, loss and metrics; the loop owns the rest.
 Kept short on purpose (torchtitan's habit): each stage is a call into a module that owns it.
 """
 
@@ -9,39 +12,39 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
-from megatron.core.distributed import DistributedDataParallel
 from megatron.core.optimizer import get_megatron_optimizer
-from megatron.core.transformer.module import Float16Module
 
 from megatron_emu3.checkpoint.layout import find_latest
 from megatron_emu3.checkpoint.signals import StopFlag
-from megatron_emu3.checkpoint.state import AsyncSaver, load_checkpoint, save_checkpoint
+from megatron_emu3.checkpoint.state import (
+    AsyncSaver,
+    TrainProgress,
+    load_checkpoint,
+    load_model_weights,
+    run_state,
+    save_checkpoint,
+)
 from megatron_emu3.config.loading import save_config
 from megatron_emu3.config.schema import Config
-from megatron_emu3.config.to_mcore import ddp_config, optimizer_config, transformer_config, uses_bf16
+from megatron_emu3.config.to_mcore import optimizer_config
 from megatron_emu3.config.validation import validate_config
-from megatron_emu3.model.build import build_model, unwrap
+from megatron_emu3.model.build import build_model, decoder_choice, unwrap
 from megatron_emu3.model.full_state import load_full_state
-from megatron_emu3.parallel.planner import model_flops_per_token
+from megatron_emu3.model.spec import DecoderChoice
+from megatron_emu3.parallel.context import ParallelContext
+from megatron_emu3.parallel.ddp import sync_params, wrap_model
 from megatron_emu3.parallel.setup import DistEnv, init_distributed
-from megatron_emu3.training.data_feed import build_datasets, micro_batches, rank_sample_indices
 from megatron_emu3.training.metrics import MetricsWriter
+from megatron_emu3.training.run_lock import RunDirLockedError, RunLock
 from megatron_emu3.training.schedule import apply_lr, lr_at
-from megatron_emu3.training.step import eval_step, sync_params, train_step
+from megatron_emu3.training.step import eval_step, train_step
+from megatron_emu3.training.task import Task
 
 logger = logging.getLogger("megatron_emu3.train")
-
-
-@dataclass
-class TrainState:
-    """Where the run is: optimizer steps done and samples consumed."""
-
-    step: int = 0
-    consumed_samples: int = 0
 
 
 @dataclass
@@ -49,10 +52,17 @@ class Run:
     """Everything built for a run (handy for tests that inspect the model after training)."""
 
     cfg: Config
-    env: DistEnv
+    ctx: ParallelContext
     model: torch.nn.Module
     optimizer: object
-    state: TrainState
+    state: TrainProgress
+    choice: DecoderChoice
+    """The decoder spec and the input format its attention reads."""
+    task: Optional[Task] = None
+    """What is being trained (set by `train`)."""
+
+    def checkpoint_parts(self) -> dict:
+        return run_state(self.cfg, self.ctx, self.model, self.optimizer, self.state)
 
 
 def build_run(cfg: Config, env: DistEnv | None = None, full_state: dict | None = None) -> Run:
@@ -60,73 +70,19 @@ def build_run(cfg: Config, env: DistEnv | None = None, full_state: dict | None =
 
     `full_state` (TP=1 layout, see `model/full_state.py`) replaces the random initialisation.
     """
-    env = init_distributed(cfg, env)
-    validate_config(cfg, env.world_size)
-    model = build_model(cfg)
+    ctx = init_distributed(cfg, env)
+    validate_config(cfg, ctx.world_size)
+    choice = decoder_choice(cfg)
+    gpt = build_model(cfg, choice)
     if full_state is not None:
-        load_full_state(model, full_state, parallel_state.get_tensor_model_parallel_rank(),
-                        parallel_state.get_tensor_model_parallel_world_size())
-    if torch.cuda.is_available():
-        model = model.cuda(torch.cuda.current_device())
-    if uses_bf16(cfg):
-        model = Float16Module(transformer_config(cfg), model)
-    model = DistributedDataParallel(transformer_config(cfg), ddp_config(cfg), model)
+        load_full_state(gpt, full_state, ctx.tp_rank, ctx.tp_size)
+    model = wrap_model(cfg, gpt)
     optimizer = get_megatron_optimizer(optimizer_config(cfg), [model])
-    return Run(cfg, env, model, optimizer, TrainState())
+    return Run(cfg, ctx, model, optimizer, TrainProgress(), choice)
 
 
-def current_device() -> torch.device:
-    """The GPU of this rank, or the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def rank_micro_batches(run: Run, dataset, indices, device: torch.device) -> list[dict[str, torch.Tensor]]:
-    """This rank's micro-batches of `indices`, in the layout its attention backend reads."""
-    p = run.cfg.parallel
-    return micro_batches(dataset, indices, run.cfg.data.micro_batch_size, device,
-                         parallel_state.get_context_parallel_world_size(),
-                         parallel_state.get_context_parallel_rank(), unwrap(run.model).input_format,
-                         p.tp if p.sequence_parallel else 1)
-
-
-def train_one_step(run: Run, dataset, device: torch.device) -> dict:
-    """Set the LR, fetch this rank's micro-batches, step, advance the state; returns the metrics."""
-    cfg, state = run.cfg, run.state
-    lr = lr_at(state.step, cfg.optimizer, cfg.train.iters)
-    apply_lr(run.optimizer, lr, cfg.optimizer.weight_decay)
-    indices = rank_sample_indices(state.consumed_samples, cfg.data.global_batch_size,
-                                  parallel_state.get_data_parallel_rank(),
-                                  parallel_state.get_data_parallel_world_size())
-    start = time.perf_counter()  # the step's time includes reading and laying out its data
-    batches = rank_micro_batches(run, dataset, indices, device)
-    result = train_step(run.model, run.optimizer, batches)
-    elapsed = time.perf_counter() - start
-    state.step += 1
-    state.consumed_samples += cfg.data.global_batch_size
-    tokens = cfg.data.global_batch_size * cfg.data.seq_length
-    # Model FLOPs (parallel/planner.py: causal attention counted as half over the whole sample, as
-    # Megatron-LM counts it) per second and per rank, the throughput figure clusters are compared on.
-    tflops = model_flops_per_token(cfg) * tokens / elapsed / run.env.world_size / 1e12
-    return {**result, "lr": lr, "step_time_s": elapsed, "tokens_per_s": tokens / elapsed,
-            "tflops_per_gpu": tflops, "consumed_samples": state.consumed_samples}
-
-
-def evaluate(run: Run, dataset, device: torch.device, evaluation: int) -> dict:
-    """Validation loss over `train.eval_iters` global batches (evaluation k reads its own samples)."""
-    cfg = run.cfg
-    start = evaluation * cfg.train.eval_iters * cfg.data.global_batch_size
-    stats = []
-    run.model.eval()
-    for k in range(cfg.train.eval_iters):
-        indices = rank_sample_indices(start + k * cfg.data.global_batch_size, cfg.data.global_batch_size,
-                                      parallel_state.get_data_parallel_rank(),
-                                      parallel_state.get_data_parallel_world_size())
-        batches = rank_micro_batches(run, dataset, indices, device)
-        stats.append(eval_step(run.model, batches))
-    run.model.train()
-    keys = ("loss", "text_loss", "vision_loss")
-    return {f"valid_{k}": (sum(s[k] for s in stats) / len(stats)) if all(s[k] is not None for s in stats) else None
-            for k in keys}
+def checkpoint_dir(cfg: Config) -> Path:
+    return Path(cfg.run_dir) / "checkpoints"
 
 
 def resume_or_initialise(run: Run) -> None:
@@ -134,49 +90,115 @@ def resume_or_initialise(run: Run) -> None:
     cfg = run.cfg
     found = find_latest(checkpoint_dir(cfg))
     if found is not None:
-        load_checkpoint(run, found)
+        load_checkpoint(run.checkpoint_parts(), found)
     elif cfg.checkpoint.load_weights_from:
-        load_checkpoint(run, cfg.checkpoint.load_weights_from, weights_only=True)
+        load_model_weights(unwrap(run.model), cfg.checkpoint.load_weights_from, cfg.model.vocab_size)
     else:
         logger.info("no checkpoint in %s: starting from random initialisation (seed %d)",
                     checkpoint_dir(cfg), cfg.seed)
 
 
-def checkpoint_dir(cfg: Config) -> Path:
-    return Path(cfg.run_dir) / "checkpoints"
+def train_one_step(run: Run, task: Task) -> dict:
+    """Set the LR, read this rank's micro-batches, step, advance the state; returns the metrics."""
+    cfg, state = run.cfg, run.state
+    lr = lr_at(state.step, cfg.optimizer, cfg.train.iters)
+    apply_lr(run.optimizer, lr, cfg.optimizer.weight_decay)
+    start = time.perf_counter()  # the step's time includes reading and laying out its data
+    result = train_step(run.model, run.optimizer, task, task.train_batches(state.consumed_samples), run.ctx)
+    elapsed = time.perf_counter() - start
+    state.step += 1
+    state.consumed_samples += cfg.data.global_batch_size
+    return {**result, "lr": lr, "step_time_s": elapsed, **task.throughput(elapsed, run.ctx.world_size),
+            "consumed_samples": state.consumed_samples}
 
 
-def train(cfg: Config, env: DistEnv | None = None) -> Run:
-    """Train `cfg` to `train.iters` steps (resuming if possible); returns the built run."""
+def evaluate(run: Run, task: Task, evaluation: int) -> dict:
+    """The task's metrics over `train.eval_iters` held-out global batches, averaged, prefixed valid_."""
+    stats = []
+    run.model.eval()
+    for k in range(run.cfg.train.eval_iters):
+        batches = task.eval_batches(evaluation, k)
+        if batches is None:
+            break
+        stats.append(eval_step(run.model, task, batches, run.ctx))
+    run.model.train()
+    if not stats:
+        return {}
+    keys = [k for k, v in stats[0].items() if isinstance(v, float) or v is None]
+    return {f"valid_{k}": (sum(s[k] for s in stats) / len(stats)) if all(s[k] is not None for s in stats) else None
+            for k in keys}
+
+
+def train(cfg: Config, env: DistEnv | None = None, make_task: Optional[Callable[[Run], Task]] = None) -> Run:
+    """Train `cfg` to `train.iters` steps (resuming if possible) on the task `make_task(run)` builds
+    (default: pretraining); returns the built run (with its task)."""
     run = build_run(cfg, env)
-    cfg, model, state = run.cfg, run.model, run.state
-    is_writer = run.env.rank == 0
-    if is_writer:
-        save_config(cfg, f"{cfg.run_dir}/config.yaml")
-    resume_or_initialise(run)
-    metrics = MetricsWriter(cfg.run_dir, is_writer, cfg.logging.tensorboard)
-    dataset, valid = build_datasets(cfg)
-    device = current_device()
-    dp_size = parallel_state.get_data_parallel_world_size()
-    logger.info("training steps %d..%d: world %d = tp %d x cp %d x pp %d x dp %d, global batch %d x %d tokens",
-                state.step + 1, cfg.train.iters, run.env.world_size, cfg.parallel.tp, cfg.parallel.cp,
-                cfg.parallel.pp, dp_size, cfg.data.global_batch_size, cfg.data.seq_length)
+    cfg, ctx = run.cfg, run.ctx
+    lock = lock_run_dir(cfg.run_dir, ctx)
+    try:
+        if ctx.rank == 0:
+            save_config(cfg, f"{cfg.run_dir}/config.yaml")
+        run.task = make_task(run) if make_task is not None else _pretrain_task(run)
+        resume_or_initialise(run)
+        completed = _loop(run, run.task)
+        sync_params(run.model)  # callers may read the parameters (overlap_param_gather defers the last gather)
+        dist.barrier()
+        if completed and ctx.rank == 0:
+            (Path(cfg.run_dir) / "COMPLETE").write_text(f"{run.state.step}\n")
+    finally:
+        if lock is not None:
+            lock.release()
+    if completed:
+        logger.info("training complete at step %d", run.state.step)
+    return run
+
+
+def lock_run_dir(run_dir: str, ctx: ParallelContext) -> Optional[RunLock]:
+    """Rank 0 takes the run directory's lock; every rank raises when it is held by a live run."""
+    lock, error = None, None
+    if ctx.rank == 0:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except RunDirLockedError as err:
+            error = err
+    taken = torch.tensor([0 if error else 1], dtype=torch.int32, device=ctx.device)
+    dist.broadcast(taken, src=0)
+    if error is not None:
+        raise error
+    if not taken.item():
+        raise RunDirLockedError(f"run directory {run_dir} is in use by a live run (rank 0 says which)")
+    return lock
+
+
+def _pretrain_task(run: Run) -> Task:
+    from megatron_emu3.training.pretrain import PretrainTask
+
+    return PretrainTask(run.cfg, run.ctx, run.choice.input_format)
+
+
+def _loop(run: Run, task: Task) -> bool:
+    """Step to train.iters; False when a stop signal ended the run early (after saving)."""
+    cfg, state, ctx = run.cfg, run.state, run.ctx
+    metrics = MetricsWriter(cfg.run_dir, ctx.rank == 0, cfg.logging.tensorboard)
+    logger.info("%s steps %d..%d: %s, global batch %d x %d tokens", task.name, state.step + 1, cfg.train.iters,
+                ctx.describe(), cfg.data.global_batch_size, cfg.data.seq_length)
     stop = StopFlag().install()
     saved_step = state.step if find_latest(checkpoint_dir(cfg)) else None
     saver = AsyncSaver() if cfg.checkpoint.async_save else None
 
     def save() -> None:
+        parts = run.checkpoint_parts()
         if saver is not None:
-            saver.save(run, checkpoint_dir(cfg))
+            saver.save(parts, checkpoint_dir(cfg), cfg)
         else:
-            save_checkpoint(run, checkpoint_dir(cfg))
+            save_checkpoint(parts, checkpoint_dir(cfg), cfg)
 
-    model.train()
+    run.model.train()
     try:
         while state.step < cfg.train.iters:
-            result = train_one_step(run, dataset, device)
-            if cfg.train.eval_interval and valid is not None and state.step % cfg.train.eval_interval == 0:
-                result.update(evaluate(run, valid, device, state.step // cfg.train.eval_interval - 1))
+            result = train_one_step(run, task)
+            if cfg.train.eval_interval and state.step % cfg.train.eval_interval == 0:
+                result.update(evaluate(run, task, state.step // cfg.train.eval_interval - 1))
             if state.step % cfg.logging.log_interval == 0 or state.step == cfg.train.iters:
                 metrics.write({"step": state.step, **result})
             if saver is not None:
@@ -185,25 +207,20 @@ def train(cfg: Config, env: DistEnv | None = None) -> Run:
             if interval and state.step % interval == 0:
                 save()
                 saved_step = state.step
-            if stop.agreed(device):
+            if stop.agreed(ctx.device):
                 if saved_step != state.step:
                     save()
                 if saver is not None:
                     saver.wait()
                 logger.warning("saved checkpoint on signal at step %d; exiting (resume by relaunching)", state.step)
-                return run
+                return False
         if cfg.checkpoint.save_at_end and saved_step != state.step:
             save()
         if saver is not None:
             saver.wait()
+        return True
     finally:
         if saver is not None:
             saver.queue.close(abort=True)  # after wait() this only stops the idle writer
         stop.uninstall()
         metrics.close()
-    sync_params(model)  # callers may read the parameters (overlap_param_gather defers the last gather)
-    dist.barrier()
-    if is_writer:
-        (Path(cfg.run_dir) / "COMPLETE").write_text(f"{state.step}\n")
-    logger.info("training complete at step %d", state.step)
-    return run

@@ -115,7 +115,7 @@ def test_bench_attention(tmp_path, docs):
 def test_bench_checkpoint(tmp_path, mode):
     from megatron_emu3.config.loading import resolve_config
     from megatron_emu3.config.validation import padded_vocab_size
-    from megatron_emu3.model.build import count_parameters
+    from megatron_emu3.model.params import count_parameters
 
     extra = ["checkpoint.async_save=true"] if mode == "async" else []
     out = run_bench(tmp_path, "bench_checkpoint.py", "--repeat", "1", f"run_dir={tmp_path / 'run'}", *extra)

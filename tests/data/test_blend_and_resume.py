@@ -5,7 +5,7 @@ import pytest
 
 from megatron_emu3.data.blend import BlendSpec, DataSourceSpec, SourceStream, blend_epoch, split_documents
 from megatron_emu3.data.dataset import build_datasets
-from megatron_emu3.data.sampler import PretrainingSampler
+from megatron_emu3.data.sampler import BatchSampler
 from tests.data.shard_factory import random_shard
 
 
@@ -52,22 +52,21 @@ def test_split_documents_partitions():
 
 
 def test_sampler_layout_matches_global_batches():
-    sampler = PretrainingSampler(100, 0, micro_batch_size=2, global_batch_size=8, dp_rank=1, dp_size=2)
-    it = iter(sampler)
-    assert [next(it), next(it)] == [[4, 5], [6, 7]]
-    assert sampler.state_dict() == {"consumed_samples": 8}
-    assert [next(it), next(it)] == [[12, 13], [14, 15]]
-    ranks = [PretrainingSampler(100, 16, 1, 8, r, 4).global_batch(16) for r in range(4)]
+    sampler = BatchSampler(100, micro_batch_size=2, global_batch_size=8, dp_rank=1, dp_size=2)
+    assert sampler.micro_batches(0) == [[4, 5], [6, 7]]
+    assert sampler.micro_batches(8) == [[12, 13], [14, 15]]
+    ranks = [BatchSampler(100, 1, 8, r, 4).micro_batches(16) for r in range(4)]
     assert sorted(i for r in ranks for mb in r for i in mb) == list(range(16, 24))
+    assert BatchSampler(None, 2, 8, 0, 1).micro_batches(8 * 10**6)[0] == [8 * 10**6, 8 * 10**6 + 1]
 
 
 def test_sampler_errors():
     with pytest.raises(ValueError, match="not a multiple of micro_batch_size 3 x data-parallel size 2"):
-        PretrainingSampler(100, 0, 3, 8, 0, 2)
+        BatchSampler(100, 3, 8, 0, 2)
     with pytest.raises(ValueError, match="consumed_samples 5 is not a multiple of global_batch_size 8"):
-        PretrainingSampler(100, 5, 2, 8, 0, 2)
+        BatchSampler(100, 2, 8, 0, 2).micro_batches(5)
     with pytest.raises(IndexError, match="build it with more train samples"):
-        PretrainingSampler(10, 8, 2, 8, 0, 1).global_batch(8)
+        BatchSampler(10, 2, 8, 0, 1).micro_batches(8)
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -77,26 +76,19 @@ def test_resume_after_k_steps_sees_the_same_next_samples(tmp_path, k):
     gbs, mbs, dp, steps = 8, 2, 2, 6
     train, _ = build_datasets(blend, 40, seed=3, train_samples=gbs * steps)
 
-    def run(sampler, n_steps):
-        seen = []
-        it = iter(sampler)
-        for _ in range(n_steps * gbs // (mbs * dp)):
-            seen.append([train[i] for i in next(it)])
-        return seen
+    def run(dataset, sampler, first_step, n_steps):
+        return [[dataset[i] for i in micro] for step in range(first_step, first_step + n_steps)
+                for micro in sampler.micro_batches(step * gbs)]
 
-    full = [run(PretrainingSampler(len(train), 0, mbs, gbs, r, dp), steps) for r in range(dp)]
+    full = [run(train, BatchSampler(len(train), mbs, gbs, r, dp), 0, steps) for r in range(dp)]
     for r in range(dp):
-        first = PretrainingSampler(len(train), 0, mbs, gbs, r, dp)
-        run(first, k)
-        state = first.state_dict()
-        assert state == {"consumed_samples": k * gbs}
-        # a new process: dataset rebuilt (from the cache), sampler restored from the checkpointed state
+        # a new process after k steps: dataset rebuilt (from the cache), position = the checkpointed
+        # consumed_samples (k x gbs)
         train_again, _ = build_datasets(blend, 40, seed=3, train_samples=gbs * steps)
         assert train_again.info["cache"] == train.info["cache"]
-        resumed = PretrainingSampler(len(train_again), 0, mbs, gbs, r, dp)
-        resumed.load_state_dict(state)
-        rest = run(resumed, steps - k)
+        rest = run(train_again, BatchSampler(len(train_again), mbs, gbs, r, dp), k, steps - k)
         per_step = gbs // (mbs * dp)
+        assert len(rest) == len(full[r][k * per_step:])
         for got, want in zip(rest, full[r][k * per_step:]):
             for a, b in zip(got, want):
                 for key in a:
@@ -107,19 +99,19 @@ def test_dataset_batches_feed_cp_split_and_loss_sums(tmp_path):
     """End to end on the data side: dataset -> sampler -> collate -> CP split -> loss sums add up."""
     import torch
 
-    from megatron_emu3.data.context_parallel import split_for_cp
+    from megatron_emu3.batch.context_parallel import split_for_cp
     from megatron_emu3.data.sample import collate
-    from megatron_emu3.training.loss import accumulate, loss_sums
+    from megatron_emu3.training.loss import loss_sums, stack_sums
 
     prefix, _, _ = random_shard(str(tmp_path / "a"), 40, kinds=(0, 1, 2, 3, 4), seed=5)
     blend = BlendSpec(sources=(DataSourceSpec((prefix,), 1.0),), split=(1.0, 0.0))
     train, _ = build_datasets(blend, 48, seed=0, train_samples=8)
-    micro = next(iter(PretrainingSampler(len(train), 0, 4, 8, 0, 1)))
+    micro = BatchSampler(len(train), 4, 8, 0, 1).micro_batches(0)[0]
     batch = collate([train[i] for i in micro])
     ce = torch.rand(batch["labels"].shape, generator=torch.Generator().manual_seed(0))
     batch["ce"] = ce
-    whole = accumulate([loss_sums(ce, batch["labels"], batch["loss_weights"])])
+    whole = stack_sums(loss_sums(ce, batch["labels"], batch["loss_weights"]))
     parts = [split_for_cp(batch, 4, r) for r in range(4)]
-    split = accumulate([loss_sums(p["ce"], p["labels"], p["loss_weights"]) for p in parts])
+    split = sum(stack_sums(loss_sums(p["ce"], p["labels"], p["loss_weights"])) for p in parts)
     torch.testing.assert_close(split, whole, rtol=1e-12, atol=0)
     assert float(whole[1]) > 0 and float(whole[5]) > 0  # some weight, some vision labels

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_emu3.data.context_parallel import (local_cu_seqlens, merge_from_cp, pad_documents_for_cp,
+from megatron_emu3.batch.context_parallel import (local_cu_seqlens, merge_from_cp, pad_documents_for_cp,
                                                  split_for_cp, zigzag_indices)
 from megatron_emu3.data.loss_weights import LossWeightTable
 from megatron_emu3.data.packing import assemble_sample

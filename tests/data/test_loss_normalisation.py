@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_emu3.training.loss import STAT_KEYS, accumulate, global_loss, loss_sums
+from megatron_emu3.training.loss import STAT_KEYS, global_loss, loss_sums, stack_sums
 from megatron_emu3.data.tokens import FIRST_VISION_CODE, VOCAB_SIZE
 from tests.data.test_context_parallel import packed_sample
 
@@ -25,7 +25,7 @@ def run_layout(ce, labels, weights, dp: int, micro: int):
         sl = slice(r * per_rank, (r + 1) * per_rank)
         parts = [loss_sums(ce[sl][i:i + micro], labels[sl][i:i + micro], weights[sl][i:i + micro])
                  for i in range(0, per_rank, micro)]
-        locals_.append(accumulate(parts))
+        locals_.append(sum(stack_sums(p) for p in parts))
 
     def all_reduce(t):  # what torch.distributed.all_reduce(SUM) over the dp ranks gives
         return torch.stack(locals_).sum(0)
@@ -72,7 +72,7 @@ def test_text_and_vision_split_by_label_and_weight():
     assert float(s["weighted_ce"]) == 1.0 + 1.0 + 8.0 and float(s["weight"]) == 2.0
     assert (float(s["text_ce"]), float(s["text_count"])) == (1.0, 1.0)
     assert (float(s["vision_ce"]), float(s["vision_count"])) == (18.0, 2.0)
-    m = global_loss(accumulate([s]))
+    m = global_loss(stack_sums(s))
     assert m["loss"] == 5.0 and m["text_loss"] == 1.0 and m["vision_loss"] == 9.0
     assert len(STAT_KEYS) == 6
 
@@ -80,4 +80,4 @@ def test_text_and_vision_split_by_label_and_weight():
 def test_no_weight_is_an_error():
     s = loss_sums(torch.ones(1, 3), torch.ones(1, 3, dtype=torch.long), torch.zeros(1, 3))
     with pytest.raises(RuntimeError, match="no token with loss weight > 0"):
-        global_loss(accumulate([s]))
+        global_loss(stack_sums(s))

@@ -16,20 +16,20 @@ def one_step(overrides: list[str], init_path: str | None, save_init_to: str | No
     """
     from megatron_emu3.config.loading import resolve_config
     from megatron_emu3.model.full_state import gather_full_state
-    from megatron_emu3.training.data_feed import build_train_dataset
+    from megatron_emu3.parallel.ddp import sync_params
     from megatron_emu3.parallel.setup import destroy_distributed
-    from megatron_emu3.training.step import sync_params
-    from megatron_emu3.training.trainer import build_run, current_device, train_one_step
+    from megatron_emu3.training.pretrain import PretrainTask
+    from megatron_emu3.training.trainer import build_run, train_one_step
 
     cfg = resolve_config(RECIPE, overrides)
     full = torch.load(init_path) if init_path else None
     run = build_run(cfg, full_state=full)
     if save_init_to:
         state = gather_full_state(run.model)
-        if run.env.rank == 0:
+        if run.ctx.rank == 0:
             torch.save(state, save_init_to)
     run.model.train()
-    result = train_one_step(run, build_train_dataset(cfg), current_device())
+    result = train_one_step(run, PretrainTask(cfg, run.ctx, run.choice.input_format))
     sync_params(run.model)
     grads = gather_full_state(run.model, grads=True) if not cfg.parallel.distributed_optimizer else None
     params = gather_full_state(run.model)
@@ -43,7 +43,7 @@ def _full_logits(run, seq_len: int) -> torch.Tensor:
 
     from megatron_emu3.data.sample import collate
     from megatron_emu3.data.synthetic import SyntheticDataset
-    from megatron_emu3.model.attention import document_attention_mask
+    from megatron_emu3.batch.inputs import document_attention_mask
 
     batch = collate([SyntheticDataset(seq_len, 64, seed=99)[i] for i in range(2)])
     run.model.eval()
@@ -70,8 +70,9 @@ def train_save(overrides: list[str], run_dir: str) -> dict:
 
 def load_only(overrides: list[str], checkpoint: str, weights_only: bool) -> dict:
     """Build under `overrides`, load `checkpoint`; return full params, logits and the train state."""
-    from megatron_emu3.checkpoint.state import load_checkpoint
+    from megatron_emu3.checkpoint.state import load_checkpoint, load_model_weights
     from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.model.build import unwrap
     from megatron_emu3.model.full_state import gather_full_state
     from megatron_emu3.parallel.setup import destroy_distributed
     from megatron_emu3.training.trainer import build_run
@@ -79,7 +80,10 @@ def load_only(overrides: list[str], checkpoint: str, weights_only: bool) -> dict
     cfg = resolve_config(RECIPE, overrides)
     run = build_run(cfg)
     try:
-        load_checkpoint(run, checkpoint, weights_only=weights_only)
+        if weights_only:
+            load_model_weights(unwrap(run.model), checkpoint, cfg.model.vocab_size)
+        else:
+            load_checkpoint(run.checkpoint_parts(), checkpoint)
         out = {"params": gather_full_state(run.model), "logits": _full_logits(run, cfg.data.seq_length),
                "step": run.state.step, "consumed": run.state.consumed_samples}
     finally:

@@ -39,7 +39,7 @@ def test_dry_run_reports_8b_count_without_building():
     proc = _run("-m", "megatron_emu3.train", "--config", str(REPO / "examples/recipes/emu3_8b_stage2.yaml"), "--dry-run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "parameters (unpadded vocab 184,622): 8,492,011,520" in proc.stdout
-    assert "padded vocab (multiple of 128 x tp 4): 184,832" in proc.stdout
+    assert "padded vocab (multiple of 128 x lcm(8, tp 4), masked): 185,344" in proc.stdout
     assert "world 128 = tp 4 x cp 4 x pp 1 x dp 8" in proc.stdout
 
 

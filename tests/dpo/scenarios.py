@@ -31,22 +31,23 @@ def gradient_check(overrides: list[str]) -> dict:
     from megatron_emu3.config.loading import resolve_config
     from megatron_emu3.dpo.loss import dpo_metrics
     from megatron_emu3.dpo.shards import PreferenceShard
-    from megatron_emu3.dpo.step import dpo_backward, preference_batch
-    from megatron_emu3.dpo.train import build_reference
-    from megatron_emu3.model.attention import document_attention_mask
+    from megatron_emu3.dpo.batches import preference_batch
+    from megatron_emu3.dpo.task import DPOTask
+    from megatron_emu3.batch.inputs import document_attention_mask
     from megatron_emu3.model.build import build_model, unwrap
     from megatron_emu3.model.full_state import gather_full_state
     from megatron_emu3.parallel.setup import destroy_distributed
+    from megatron_emu3.training.step import forward_backward
     from megatron_emu3.training.trainer import build_run
 
     cfg = resolve_config(RECIPE, overrides)
     beta, sft_weight = cfg.dpo.beta, cfg.dpo.sft_weight
     prefs = [PreferenceShard(cfg.dpo.data, VOCAB)[i] for i in range(4)]
     run = build_run(cfg)
-    reference = build_reference(cfg, run.model)
+    task = DPOTask(run)
     batch = preference_batch(prefs, cfg.data.seq_length, "cpu")
     run.model.zero_grad_buffer()
-    total = dpo_backward(run.model, reference, [batch], beta, sft_weight)
+    total = forward_backward(run.model, task, [batch], run.ctx)
     finalize_model_grads([run.model])
     got = gather_full_state(run.model, grads=True)
     metrics = dpo_metrics(total, sft_weight)
@@ -81,7 +82,7 @@ def short_dpo_run(overrides: list[str]) -> list[dict]:
 
     cfg = resolve_config(RECIPE, overrides)
     run, _ = train_dpo(cfg)
-    records = read_metrics(cfg.run_dir) if run.env.rank == 0 else []
+    records = read_metrics(cfg.run_dir) if run.ctx.rank == 0 else []
     destroy_distributed()
     return records
 

@@ -12,7 +12,7 @@ import pytest
 
 from megatron_emu3.dpo.loss import dpo_pair_losses, sequence_logps
 from megatron_emu3.dpo.shards import PreferenceFormatError, PreferenceShard, check_triplet, write_preferences
-from megatron_emu3.dpo.step import preference_batch, sequence_sample
+from megatron_emu3.dpo.batches import preference_batch, sequence_sample
 from tests.dpo.scenarios import VOCAB, synthetic_triplets
 
 ROOT = Path(__file__).resolve().parents[2]

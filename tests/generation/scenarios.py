@@ -83,9 +83,10 @@ def generate_from_checkpoint(ckpt_dir: str, vq_dir: str, out_dir: str) -> dict:
 
 def tp_greedy(ckpt_dir: str, tp: int) -> list[int]:
     """Greedy text tokens with the checkpoint loaded under tensor parallel `tp` (build_run layout)."""
-    from megatron_emu3.checkpoint.state import load_checkpoint
+    from megatron_emu3.checkpoint.state import load_model_weights
     from megatron_emu3.config.loading import resolve_config
     from megatron_emu3.generation.api import decode
+    from megatron_emu3.model.build import unwrap
     from megatron_emu3.generation.decoding import MegatronLM
     from megatron_emu3.generation.sampling import SamplingConfig
     from megatron_emu3.parallel.setup import destroy_distributed
@@ -93,8 +94,8 @@ def tp_greedy(ckpt_dir: str, tp: int) -> list[int]:
 
     cfg = resolve_config(RECIPE, OVERRIDES + [f"parallel.tp={tp}"])
     run = build_run(cfg)
-    load_checkpoint(run, ckpt_dir, weights_only=True)
-    lm = MegatronLM(run.model, cfg.model.vocab_size, cfg.data.seq_length)
+    load_model_weights(unwrap(run.model), ckpt_dir, cfg.model.vocab_size)
+    lm = MegatronLM(run.model, cfg.model.vocab_size, cfg.data.seq_length, ctx=run.ctx)
     tokens_ = decode(lm, [TEXT_PROMPT], 12, SamplingConfig(top_k=1, guidance_scale=1.0))[0]
     destroy_distributed()
     return tokens_

@@ -13,7 +13,8 @@ from megatron.core.transformer.enums import AttnMaskType
 @pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash_attn is not installed")
 def test_real_flash_kernel_matches_sdpa():
-    from megatron_emu3.model.attention import SDPACoreAttention, document_attention_mask
+    from megatron_emu3.batch.inputs import document_attention_mask
+    from megatron_emu3.model.attention import SDPACoreAttention
     from megatron_emu3.model.flash_attention import FlashVarlenCoreAttention
 
     cfg = TransformerConfig(num_layers=1, hidden_size=512, num_attention_heads=8, num_query_groups=2,
@@ -31,7 +32,8 @@ def test_real_flash_kernel_matches_sdpa():
 
 @pytest.mark.gpu
 def test_torch_varlen_kernel_matches_sdpa_forward_and_backward():
-    from megatron_emu3.model.attention import SDPACoreAttention, document_attention_mask
+    from megatron_emu3.batch.inputs import document_attention_mask
+    from megatron_emu3.model.attention import SDPACoreAttention
     from megatron_emu3.model.flash_attention import TorchVarlenCoreAttention, torch_varlen_available
 
     ok, why = torch_varlen_available()

@@ -55,7 +55,7 @@ def layouts(seq_len: int, chunk: int) -> dict[str, torch.Tensor]:
 
 def reference(q, k, v, segment_ids, grad_out):
     """Full-sequence output and (dq, dk, dv) from torch SDPA with the causal + same-document mask."""
-    from megatron_emu3.model.attention import document_attention_mask
+    from megatron_emu3.batch.inputs import document_attention_mask
 
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=~document_attention_mask(segment_ids),
@@ -65,7 +65,8 @@ def reference(q, k, v, segment_ids, grad_out):
 
 def ring_errors(q, k, v, segment_ids, grad_out, cp_group, cp_rank, cp_size, dtype) -> dict[str, float]:
     """Max |ring - reference| of out, dq, dk, dv on this rank's zigzag slice (inputs in fp64)."""
-    from megatron_emu3.model.ring_attention import ring_attention, zigzag_split
+    from megatron_emu3.batch.zigzag import zigzag_split
+    from megatron_emu3.model.ring_attention import ring_attention
 
     ref_out, ref_grads = reference(q, k, v, segment_ids, grad_out)
     local = [zigzag_split(t, cp_rank, cp_size, dim=2).to(dtype).requires_grad_() for t in (q, k, v)]
@@ -153,8 +154,10 @@ def model_errors(cfg, cp_group, cp_rank: int, cp_size: int) -> dict[str, float]:
     from megatron.core.process_groups_config import ProcessGroupCollection
 
     from megatron_emu3.config.to_mcore import transformer_config
-    from megatron_emu3.model.attention import SDPACoreAttention, document_attention_mask
-    from megatron_emu3.model.ring_attention import RingCoreAttention, zigzag_split
+    from megatron_emu3.batch.inputs import document_attention_mask
+    from megatron_emu3.model.attention import SDPACoreAttention
+    from megatron_emu3.batch.zigzag import zigzag_split
+    from megatron_emu3.model.ring_attention import RingCoreAttention
 
     ring_model = _gpt(transformer_config(cfg), cfg, RingCoreAttention)
     # Reference: same weights, no CP. Its own one-rank "CP group" keeps RoPE unsplit.

@@ -12,10 +12,11 @@ import torch
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_emu3.model.attention import SDPACoreAttention, document_attention_mask
-from megatron_emu3.model.ring_attention import (
-    RingCoreAttention, _plan, ring_attention, zigzag_merge, zigzag_positions, zigzag_split,
-)
+from megatron_emu3.batch.inputs import document_attention_mask
+
+from megatron_emu3.model.attention import SDPACoreAttention
+from megatron_emu3.batch.zigzag import zigzag_merge, zigzag_positions, zigzag_split
+from megatron_emu3.model.ring_attention import RingCoreAttention, _plan, ring_attention
 from tests.parallel.ring_scenarios import GQA, layouts, random_inputs, ring_errors
 
 

@@ -6,7 +6,7 @@ the padded document boundaries of the whole row, each document split over CP ran
 2c-1-r. It gathers K/V from every CP rank (all-gather forward, all-reduce + slice backward, which
 gloo supports), puts them back in row order and attends causally inside each document. It stands in
 for TE's CUDA kernel so that everything around it runs on CPU: our THD micro-batches
-(`model/thd.py`), megatron-core's THD RoPE under CP, the loss over ranks. The real TE kernel runs in
+(`batch/thd.py`), megatron-core's THD RoPE under CP, the loss over ranks. The real TE kernel runs in
 tests/gpu when a GPU is lent.
 """
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 
-from megatron_emu3.model.thd import thd_partition_indices
+from megatron_emu3.batch.thd import thd_partition_indices
 
 
 class _GatherRows(torch.autograd.Function):

@@ -12,7 +12,8 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.enums import AttnMaskType
 
 from megatron_emu3.model import spec
-from megatron_emu3.model.attention import SDPACoreAttention, document_attention_mask
+from megatron_emu3.batch.inputs import document_attention_mask
+from megatron_emu3.model.attention import SDPACoreAttention
 from megatron_emu3.model.flash_attention import FlashVarlenCoreAttention, TorchVarlenCoreAttention
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_emu3.model.attention import document_attention_mask
-from megatron_emu3.model.inputs import model_inputs, packed_seq_params
+from megatron_emu3.batch.inputs import document_attention_mask
+from megatron_emu3.batch.inputs import model_inputs, packed_seq_params
 
 
 def test_document_mask_is_causal_and_document_local():

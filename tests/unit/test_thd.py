@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from megatron_emu3.data.tokens import PAD
-from megatron_emu3.model.thd import padded_lengths, thd_micro_batch, thd_partition_indices
+from megatron_emu3.batch.thd import padded_lengths, thd_micro_batch, thd_partition_indices
 
 
 def _batch():

@@ -8,7 +8,7 @@ Input formats (`DecoderChoice.input_format` in `spec.py`):
   [1, b*s]; `cu_seqlens` marks every document (documents never cross a sample boundary, so this is
   exactly the per-sample attention). RoPE positions restart per document there (equivalent for
   attention: RoPE scores depend only on distances inside a document). Under context parallelism the
-  data feed builds these batches itself (`model/thd.py`: documents padded to 2*cp, split per
+  data feed builds these batches itself (`batch/thd.py`: documents padded to 2*cp, split per
   document) and passes ``cu_seqlens``/``max_seqlen``; without them they are derived here (cp = 1).
 """
 
@@ -17,10 +17,17 @@ from __future__ import annotations
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
-from megatron_emu3.model.attention import document_attention_mask
-from megatron_emu3.model.thd import flat_document_bounds
+from megatron_emu3.batch.thd import flat_document_bounds
 
 INPUT_FORMATS = ("mask", "segments", "thd")
+
+
+def document_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Causal, document-local mask [b, 1, s, s] from segment ids [b, s]; True = may NOT attend."""
+    seq_len = segment_ids.shape[-1]
+    same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=segment_ids.device).tril_()
+    return ~(same_doc & causal)[:, None]
 
 
 def document_cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -32,7 +39,7 @@ def document_cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
 def packed_seq_params(segment_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
                       max_seqlen: int | None = None) -> PackedSeqParams:
     """THD parameters: the given (padded, whole-row) boundaries, or those of segment ids [b, s] laid end
-    to end. ``cu_seqlens_*_padded`` equal the boundaries: padding is part of its document (model/thd.py)."""
+    to end. ``cu_seqlens_*_padded`` equal the boundaries: padding is part of its document (batch/thd.py)."""
     if cu_seqlens is None:
         cu_seqlens, max_seqlen = document_cu_seqlens(segment_ids)
     cu = cu_seqlens.to(torch.int32)

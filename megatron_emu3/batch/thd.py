@@ -8,7 +8,7 @@ RoPE picks each rank's rotary angles the same way. Each document must then be a 
 tokens, so `thd_micro_batch`:
 
 1. lays the b samples end to end (documents never cross a sample boundary, so this changes nothing);
-2. pads every document *at its end* to a multiple of 2c (`data/context_parallel.py::pad_documents`:
+2. pads every document *at its end* to a multiple of 2c (`batch/context_parallel.py::pad_documents`:
    PAD tokens of loss weight 0, same segment, positions continuing), and the last one further so that each rank's share divides by
    the tensor-parallel size under sequence parallelism;
 3. keeps this rank's tokens (`thd_partition_indices`).
@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from megatron_emu3.data.context_parallel import pad_documents, zigzag_indices
+from megatron_emu3.batch.context_parallel import pad_documents, zigzag_indices
 from megatron_emu3.data.sample import SAMPLE_KEYS
 
 

@@ -8,7 +8,7 @@ sum of ``w * CE`` over ranks equals the unsplit sum. ``segment_ids`` and ``posit
 global values, which is what a ring attention needs to mask across documents (a rank's keys and
 queries carry their global segment ids); per-rank ``cu_seqlens`` for a varlen kernel are derived from
 the kept chunks. Kernels that split every document on its own (TE's THD format) get documents padded
-to a multiple of 2c (`pad_documents`) and split per document instead: see `model/thd.py`.
+to a multiple of 2c (`pad_documents`) and split per document instead: see `batch/thd.py`.
 """
 
 from __future__ import annotations
@@ -16,37 +16,18 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from megatron_emu3.data.sample import SAMPLE_KEYS, cu_seqlens_from_segments
 from megatron_emu3.data.tokens import PAD
-
-
-def zigzag_indices(seq_len: int, cp_size: int, cp_rank: int) -> np.ndarray:
-    """Positions (int64) of the full sequence that CP rank `cp_rank` holds, in order."""
-    if cp_size < 1 or not 0 <= cp_rank < cp_size:
-        raise ValueError(f"bad context-parallel layout: cp_rank={cp_rank}, cp_size={cp_size}")
-    if seq_len % (2 * cp_size):
-        raise ValueError(f"sequence length {seq_len} is not divisible by 2 x context_parallel_size = "
-                         f"{2 * cp_size}; choose data.seq_length as a multiple of {2 * cp_size}")
-    chunk = seq_len // (2 * cp_size)
-    first = np.arange(cp_rank * chunk, (cp_rank + 1) * chunk)
-    second = np.arange((2 * cp_size - 1 - cp_rank) * chunk, (2 * cp_size - cp_rank) * chunk)
-    return np.concatenate([first, second]).astype(np.int64)
+from megatron_emu3.batch.zigzag import zigzag_indices, zigzag_split
 
 
 def split_for_cp(sample: Mapping, cp_size: int, cp_rank: int) -> dict:
     """This rank's part of a sample or batch (numpy or torch, sequence on the last axis)."""
-    seq_len = next(iter(sample.values())).shape[-1]
-    idx = zigzag_indices(seq_len, cp_size, cp_rank)
-    out = {}
-    for key, value in sample.items():
-        if hasattr(value, "index_select"):  # torch tensor
-            import torch
-
-            out[key] = value.index_select(-1, torch.as_tensor(idx, device=value.device))
-        else:
-            out[key] = np.asarray(value)[..., idx]
-    return out
+    idx = zigzag_indices(next(iter(sample.values())).shape[-1], cp_size, cp_rank)
+    return {key: zigzag_split(value, cp_rank, cp_size, dim=-1) if isinstance(value, torch.Tensor)
+            else np.asarray(value)[..., idx] for key, value in sample.items()}
 
 
 def merge_from_cp(parts: Sequence[Mapping], cp_size: int) -> dict:
@@ -99,7 +80,7 @@ def pad_documents(sample: Mapping[str, np.ndarray], bounds: Sequence[int],
 
 def pad_documents_for_cp(sample: Mapping[str, np.ndarray], cp_size: int) -> dict[str, np.ndarray]:
     """Pad every segment of one sample to a multiple of 2c (see `pad_documents`), for kernels that split
-    each document separately (TE THD, whose micro-batches `model/thd.py` builds the same way). The
+    each document separately (TE THD, whose micro-batches `batch/thd.py` builds the same way). The
     result is longer than the sample by the padding."""
     bounds = cu_seqlens_from_segments(sample["segment_ids"]).tolist()
     lengths = np.diff(bounds)
