@@ -1,10 +1,16 @@
-"""Run a function on N real gloo ranks (spawned processes) and collect each rank's return value.
+"""Run a function on N real gloo ranks and collect each rank's return value.
 
-Every multi-process run has a timeout (a hung collective must fail the test, not the suite).
+The ranks are spawned processes kept alive between calls (one pool per world size): importing torch
+and megatron-core costs seconds per process on a small machine, and most scenarios are short. Every
+call gets a fresh rendezvous port and a fresh process group; a scenario must leave no global state
+behind (`destroy_distributed` is called for it when it forgets). A failed or timed-out call kills its
+pool (a rank may be stuck in a collective); the next call spawns a new one. Every call has a timeout:
+a hung collective must fail the test, not the suite.
 """
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import queue
@@ -21,44 +27,95 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world_size: int, port: int, fn, args, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+def _worker(rank: int, world_size: int, tasks, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)  # torch is already imported here: the env var alone comes too late
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        port, fn, args = task
+        os.environ["MASTER_PORT"] = str(port)
+        try:
+            buffer = io.BytesIO()  # tensors through a Queue share fds that die with the child: send bytes
+            torch.save(fn(*args), buffer)
+            results.put((rank, "ok", buffer.getvalue()))
+        except BaseException:  # report everything to the parent, which raises
+            results.put((rank, "error", traceback.format_exc()))
+        finally:
+            _reset_distributed()
+
+
+def _reset_distributed() -> None:
+    import torch.distributed as dist
+
     try:
-        buffer = io.BytesIO()  # tensors through a Queue share fds that die with the child: send bytes
-        torch.save(fn(*args), buffer)
-        results.put((rank, "ok", buffer.getvalue()))
-    except BaseException:  # report everything to the parent, which raises
-        results.put((rank, "error", traceback.format_exc()))
+        from megatron.core import parallel_state
+
+        parallel_state.destroy_model_parallel()
+    except Exception:  # noqa: BLE001 - best effort: the next task initialises afresh
+        pass
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class _Pool:
+    def __init__(self, world_size: int):
+        ctx = mp.get_context("spawn")
+        self.world_size = world_size
+        self.results = ctx.Queue()
+        self.tasks = [ctx.Queue() for _ in range(world_size)]
+        self.procs = [ctx.Process(target=_worker, args=(r, world_size, self.tasks[r], self.results))
+                      for r in range(world_size)]
+        for p in self.procs:
+            p.start()
+
+    def alive(self) -> bool:
+        return all(p.is_alive() for p in self.procs)
+
+    def close(self, kill: bool = False) -> None:
+        for p, q in zip(self.procs, self.tasks):
+            if not kill and p.is_alive():
+                q.put(None)
+        for p in self.procs:
+            p.join(timeout=0.1 if kill else 5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+_POOLS: dict[int, _Pool] = {}
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
 
 
 def run_ranks(world_size: int, fn, *args, timeout: float = 300.0) -> list:
-    """Call `fn(*args)` on `world_size` spawned ranks; returns the results ordered by rank."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
+    """Call `fn(*args)` on `world_size` ranks; returns the results ordered by rank."""
+    pool = _POOLS.get(world_size)
+    if pool is None or not pool.alive():
+        pool = _POOLS[world_size] = _Pool(world_size)
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, results)) for r in range(world_size)]
-    for p in procs:
-        p.start()
+    for q in pool.tasks:
+        q.put((port, fn, args))
     collected: dict[int, object] = {}
     errors = []
     try:
         for _ in range(world_size):
-            rank, status, value = results.get(timeout=timeout)
+            rank, status, value = pool.results.get(timeout=timeout)
             if status == "error":
                 errors.append(f"rank {rank} failed:\n{value}")
                 break
             collected[rank] = torch.load(io.BytesIO(value), weights_only=False)
     except queue.Empty:
         errors.append(f"timed out after {timeout:.0f}s waiting for ranks {sorted(set(range(world_size)) - set(collected))}")
-    finally:
-        for p in procs:
-            p.join(timeout=5 if not errors else 0.1)
-            if p.is_alive():
-                p.kill()
-                p.join()
     if errors:
+        pool.close(kill=True)
+        del _POOLS[world_size]
         raise RuntimeError("\n".join(errors))
     return [collected[r] for r in range(world_size)]
