@@ -47,16 +47,38 @@ def load_recipe(path: str | os.PathLike, _seen: Optional[list] = None) -> dict:
 
 
 def _resolve_relative_paths(data: dict, recipe_dir: Path) -> None:
-    """Expand ``$VARS`` in data source prefixes; relative prefixes are relative to the recipe file.
+    """Data source prefixes (one or a list) written relative are relative to the recipe file that
+    names them; ``${VARS}`` are expanded first. A prefix naming an unset variable is kept as written,
+    so the data loader's error shows it."""
 
-    A prefix naming an unset variable is kept as written, so the data loader's error shows it.
-    """
+    def resolve(prefix):
+        if not isinstance(prefix, str):
+            return prefix
+        prefix = os.path.expandvars(prefix)
+        if "$" not in prefix and not os.path.isabs(prefix) and not prefix.startswith("./"):
+            prefix = str(recipe_dir / prefix)
+        return prefix
+
     for source in (data.get("data") or {}).get("sources") or []:
-        if isinstance(source, dict) and isinstance(source.get("prefix"), str):
-            prefix = os.path.expandvars(source["prefix"])
-            if "$" not in prefix and not os.path.isabs(prefix) and not prefix.startswith("./"):
-                prefix = str(recipe_dir / prefix)
-            source["prefix"] = prefix
+        if isinstance(source, dict) and "prefix" in source:
+            prefix = source["prefix"]
+            source["prefix"] = [resolve(p) for p in prefix] if isinstance(prefix, list) else resolve(prefix)
+
+
+def _expand_path_vars(obj: Any) -> None:
+    """Expand ``${VARS}`` in every path field (schema `path_field`) of the resolved tree."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _expand_path_vars(value)
+        elif isinstance(value, list):
+            for item in value:
+                if dataclasses.is_dataclass(item):
+                    _expand_path_vars(item)
+            if f.metadata.get("path"):
+                setattr(obj, f.name, [os.path.expandvars(v) if isinstance(v, str) else v for v in value])
+        elif f.metadata.get("path") and isinstance(value, str):
+            setattr(obj, f.name, os.path.expandvars(value))
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -87,6 +109,8 @@ def parse_overrides(overrides: Iterable[str]) -> dict:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
+    if hint is Any:
+        return value  # checked by validation (e.g. a prefix: a path or a list of paths)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union:  # Optional[X]
@@ -111,7 +135,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def _apply(obj: Any, values: dict, where: str, origin: str) -> None:
-    """Set dataclass fields of `obj` from `values`, recursing into nested sections."""
+    """Set dataclass fields of `obj` from `values`, recursing into nested sections and lists of them."""
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
@@ -121,12 +145,33 @@ def _apply(obj: Any, values: dict, where: str, origin: str) -> None:
                 f"unknown config key {path!r} (from {origin}); valid keys here: {sorted(names)}"
             )
         current = getattr(obj, key)
+        item_type = _list_item_dataclass(hints[key])
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{path} (from {origin}) is a section; give a mapping, got {value!r}")
             _apply(current, value, path, origin)
+        elif item_type is not None:
+            if not isinstance(value, list):
+                raise ConfigError(f"{path} (from {origin}): expected a list of mappings, got {value!r}")
+            items = []
+            for i, entry in enumerate(value):
+                if not isinstance(entry, dict):
+                    raise ConfigError(f"{path}[{i}] (from {origin}): expected a mapping with keys "
+                                      f"{[f.name for f in dataclasses.fields(item_type)]}, got {entry!r}")
+                item = item_type()
+                _apply(item, entry, f"{path}[{i}]", origin)
+                items.append(item)
+            setattr(obj, key, items)
         else:
             setattr(obj, key, _coerce(value, hints[key], f"{path} (from {origin})"))
+
+
+def _list_item_dataclass(hint: Any):
+    """The dataclass of a ``list[SomeDataclass]`` field, else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
 
 
 def resolve_config(recipe: Optional[str] = None, overrides: Iterable[str] = ()) -> Config:
@@ -140,6 +185,7 @@ def resolve_config(recipe: Optional[str] = None, overrides: Iterable[str] = ()) 
         _apply(cfg.model, model_preset(preset), "model", f"preset {preset!r}")
     _apply(cfg, recipe_data, "", f"recipe {recipe}")
     _apply(cfg, override_data, "", "command line")
+    _expand_path_vars(cfg)
     return cfg
 
 

@@ -8,7 +8,23 @@ combinations; `to_mcore.py` is the only module that knows megatron-core's config
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
+
+# The allowed values of every choice field, in one place (validation and the modules that act on a
+# choice read them from here).
+DATA_SOURCES = ("synthetic", "shards")
+LOSS_POLICIES = ("pretrain", "qft")
+OVERSIZE_POLICIES = ("skip", "error")
+ATTENTION_BACKENDS = ("auto", "sdpa", "te", "flash", "varlen")
+RECOMPUTE_MODES = ("none", "selective", "full")
+PRECISIONS = ("auto", "bf16", "fp32")
+FUSED_KERNELS = ("auto", "fused", "unfused")
+DECAY_STYLES = ("cosine", "linear", "constant")
+
+
+def path_field(default=None, **kwargs):
+    """A field holding a filesystem path: ``${VARS}`` are expanded when the config is resolved."""
+    return field(default=default, metadata={"path": True}, **kwargs)
 
 
 @dataclass
@@ -74,6 +90,19 @@ class ParallelConfig:
 
 
 @dataclass
+class DataSource:
+    """One component of the shard blend."""
+
+    prefix: Any = path_field()
+    """Shard prefix (PATH without .bin/.idx; globs like shard_* allowed), or a list of prefixes that
+    form one source. Relative prefixes are relative to the recipe that names them."""
+    weight: float = 1.0
+    """Share of the blend's tokens (weights are normalised over the sources)."""
+    name: str = ""
+    """Label in logs and metrics (default: the prefix)."""
+
+
+@dataclass
 class DataConfig:
     """What the model reads."""
 
@@ -85,8 +114,8 @@ class DataConfig:
     """Samples per forward/backward on one data-parallel rank."""
     global_batch_size: int = 8
     """Samples per optimizer step over all data-parallel ranks (gradient accumulation fills it)."""
-    sources: list = field(default_factory=list)
-    """Blend components: list of {prefix: PATH, weight: FLOAT} (paths relative to the recipe allowed)."""
+    sources: list[DataSource] = field(default_factory=list)
+    """Blend components: list of {prefix: PATH, weight: FLOAT, name: STR} (see `DataSource`)."""
     vision_loss_weight: float = 0.5
     """Loss weight of vision-code tokens (text and structure tokens weigh 1.0)."""
     loss_policy: str = "pretrain"
@@ -95,7 +124,7 @@ class DataConfig:
     """Train,valid split of every source in parts."""
     synthetic_vocab: int = 256
     """Synthetic source: token ids drawn from [0, synthetic_vocab)."""
-    cache_dir: Optional[str] = None
+    cache_dir: Optional[str] = path_field()
     """Where packing plans are cached (default: beside the first shard)."""
     oversize_vision: str = "skip"
     """A vision document longer than a sample: skip (counted, logged) | error."""
@@ -161,7 +190,7 @@ class CheckpointConfig:
     """Keep the newest N checkpoints (0 keeps all)."""
     save_at_end: bool = True
     """Save after the last step."""
-    load_weights_from: Optional[str] = None
+    load_weights_from: Optional[str] = path_field()
     """Start from the model weights of this checkpoint dir only (new optimizer, schedule, step 0)."""
     async_save: bool = False
     """Save in the background: tensors staged to host memory, written by a separate process, published when all ranks finished."""
@@ -193,7 +222,7 @@ class LaunchConfig:
 class DPOConfig:
     """Preference optimisation (`python -m megatron_emu3.dpo.train`); ignored by pretraining."""
 
-    data: Optional[str] = None
+    data: Optional[str] = path_field()
     """Preference shard prefix written by tools/make_preferences.py (required by the DPO trainer)."""
     beta: float = 0.1
     """DPO temperature: scale of the policy-vs-reference log-ratio margin."""
@@ -208,7 +237,7 @@ class DPOConfig:
 class Config:
     """A whole run."""
 
-    run_dir: str = "runs/default"
+    run_dir: str = path_field("runs/default")
     """Everything the run writes goes here (metrics, config, checkpoints)."""
     seed: int = 1234
     """Seed of weights, dropout and data order."""

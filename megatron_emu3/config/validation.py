@@ -9,18 +9,19 @@ from __future__ import annotations
 import math
 
 from megatron_emu3.config.loading import ConfigError
+from megatron_emu3.config import schema
 from megatron_emu3.config.schema import Config
 from megatron_emu3.data.tokens import VOCAB_SIZE
 
 CHOICES = {
-    "data.source": ("synthetic", "shards"),
-    "data.loss_policy": ("pretrain", "qft"),
-    "data.oversize_vision": ("skip", "error"),
-    "parallel.attention_backend": ("auto", "sdpa", "te", "flash", "varlen"),
-    "parallel.recompute": ("none", "selective", "full"),
-    "train.precision": ("auto", "bf16", "fp32"),
-    "train.fused_kernels": ("auto", "fused", "unfused"),
-    "optimizer.decay_style": ("cosine", "linear", "constant"),
+    "data.source": schema.DATA_SOURCES,
+    "data.loss_policy": schema.LOSS_POLICIES,
+    "data.oversize_vision": schema.OVERSIZE_POLICIES,
+    "parallel.attention_backend": schema.ATTENTION_BACKENDS,
+    "parallel.recompute": schema.RECOMPUTE_MODES,
+    "train.precision": schema.PRECISIONS,
+    "train.fused_kernels": schema.FUSED_KERNELS,
+    "optimizer.decay_style": schema.DECAY_STYLES,
 }
 
 
@@ -113,6 +114,13 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
              f"{d.micro_batch_size * dp}")
     if d.source == "shards" and not d.sources:
         fail("data.source=shards needs data.sources: a list of {prefix: PATH, weight: W}")
+    for i, src in enumerate(d.sources):
+        prefixes = src.prefix if isinstance(src.prefix, list) else [src.prefix]
+        if not prefixes or not all(isinstance(x, str) and x for x in prefixes):
+            fail(f"data.sources[{i}].prefix={src.prefix!r}: give the shard prefix (PATH without .bin/.idx) "
+                 "or a list of them")
+        if not src.weight > 0:
+            fail(f"data.sources[{i}].weight={src.weight} must be > 0 (drop the source to leave it out)")
     if cfg.optimizer.warmup_iters > (cfg.optimizer.decay_iters or cfg.train.iters):
         fail(f"optimizer.warmup_iters={cfg.optimizer.warmup_iters} is longer than the schedule "
              f"(optimizer.decay_iters or train.iters = {cfg.optimizer.decay_iters or cfg.train.iters})")

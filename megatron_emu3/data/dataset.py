@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from megatron_emu3.config.schema import OVERSIZE_POLICIES, DataConfig
 from megatron_emu3.data import index_cache
 from megatron_emu3.data.blend import (SPLIT_NAMES, BlendSpec, DataSourceSpec, SourceStream, blend_epoch,
                                       normalise_weights, parse_split, split_documents)
@@ -32,49 +33,27 @@ logger = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
 _TAG_SAMPLES = 21
-OVERSIZE_POLICIES = ("skip", "error")
 
 
-def _get(cfg, key, default=None):
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def blend_spec_from_config(data_cfg, base_dir: str | None = None) -> BlendSpec:
-    """A `BlendSpec` from a dict-like or attribute data config.
-
-    Fields read: ``sources`` (list of ``{prefix: PATH | [PATHS], weight: FLOAT, name: STR}``),
-    ``split`` ("98,2"), ``vision_loss_weight``, ``loss_policy``, and optionally ``cache_dir``,
-    ``oversize_vision`` (skip | error), ``split_seed``, ``pack_window``, ``text_fill``. Relative paths are taken
-    from `base_dir` when given.
-    """
+def blend_spec_from_config(data_cfg: DataConfig | BlendSpec) -> BlendSpec:
+    """The `BlendSpec` of the config tree's data section (sources already typed and validated there;
+    relative prefixes were resolved against their recipe when the config was loaded)."""
     if isinstance(data_cfg, BlendSpec):
         return data_cfg
-    raw = _get(data_cfg, "sources") or []
-    if not raw:
+    if not data_cfg.sources:
         raise ValueError("data.sources is empty; list at least one {prefix: PATH, weight: FLOAT}")
-    sources = []
-    for i, src in enumerate(raw):
-        prefix = _get(src, "prefixes", None) or _get(src, "prefix", None) or _get(src, "path", None)
-        if not prefix:
-            raise ValueError(f"data.sources[{i}] has no 'prefix'; give the shard prefix (PATH without .bin/.idx)")
-        prefixes = (prefix,) if isinstance(prefix, (str, os.PathLike)) else tuple(prefix)
-        if base_dir:
-            prefixes = tuple(p if os.path.isabs(p) else os.path.join(base_dir, p) for p in map(os.fspath, prefixes))
-        sources.append(DataSourceSpec(tuple(map(os.fspath, prefixes)), float(_get(src, "weight", 1.0)),
-                                      str(_get(src, "name", "") or "")))
-    cache_dir = _get(data_cfg, "cache_dir", None)
+    sources = tuple(DataSourceSpec(tuple(map(os.fspath, src.prefix if isinstance(src.prefix, list) else [src.prefix])),
+                                   float(src.weight), src.name) for src in data_cfg.sources)
     return BlendSpec(
-        sources=tuple(sources),
-        split=parse_split(_get(data_cfg, "split", "98,2")),
-        vision_loss_weight=float(_get(data_cfg, "vision_loss_weight", 0.5)),
-        loss_policy=str(_get(data_cfg, "loss_policy", "pretrain")),
-        cache_dir=os.fspath(cache_dir) if cache_dir else None,
-        oversize_vision=str(_get(data_cfg, "oversize_vision", "skip")),
-        split_seed=int(_get(data_cfg, "split_seed", 1234)),
-        pack_window=int(_get(data_cfg, "pack_window", DEFAULT_WINDOW)),
-        text_fill=bool(_get(data_cfg, "text_fill", False)),
+        sources=sources,
+        split=parse_split(data_cfg.split),
+        vision_loss_weight=float(data_cfg.vision_loss_weight),
+        loss_policy=data_cfg.loss_policy,
+        cache_dir=os.fspath(data_cfg.cache_dir) if data_cfg.cache_dir else None,
+        oversize_vision=data_cfg.oversize_vision,
+        split_seed=int(data_cfg.split_seed),
+        pack_window=int(data_cfg.pack_window),
+        text_fill=bool(data_cfg.text_fill),
     )
 
 
@@ -295,16 +274,16 @@ def _split_dataset(spec: BlendSpec, corpus: Corpus, weights: np.ndarray, split_i
                          name, info)
 
 
-def build_datasets(data_cfg, seq_len: int, seed: int, train_samples: int | None,
+def build_datasets(data_cfg: DataConfig | BlendSpec, seq_len: int, seed: int, train_samples: int | None,
                    valid_samples: int | None = None, *, is_builder: bool | None = None,
-                   base_dir: str | None = None) -> tuple[PackedDataset, PackedDataset | None]:
+                   ) -> tuple[PackedDataset, PackedDataset | None]:
     """Train and valid `PackedDataset` of a blend (valid is None when the split gives it nothing).
 
-    `data_cfg`: a `BlendSpec`, or a data config (dict or object, see `blend_spec_from_config`).
+    `data_cfg`: a `BlendSpec`, or the config tree's data section (see `blend_spec_from_config`).
     `train_samples` / `valid_samples`: samples the run will read (None: one blend epoch); the dataset
     holds at least that many. Every rank must call this (rank 0 builds the index, see `index_cache`).
     """
-    spec = blend_spec_from_config(data_cfg, base_dir)
+    spec = blend_spec_from_config(data_cfg)
     LossWeightTable(spec.loss_policy, spec.vision_loss_weight)  # fail early on a bad policy
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")

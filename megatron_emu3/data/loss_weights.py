@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_emu3.config.schema import LOSS_POLICIES
 from megatron_emu3.data.tokens import EOV, FIRST_VISION_CODE, SOV, DocKind
 
 TEXT, BLOCK, CODE = 0, 1, 2
-POLICIES = ("pretrain", "qft")
+POLICIES = LOSS_POLICIES
 _UNDERSTANDING = (DocKind.IMAGE_UNDERSTANDING, DocKind.VIDEO_UNDERSTANDING)
 _GENERATION = (DocKind.IMAGE_GENERATION, DocKind.VIDEO_GENERATION)
 
@@ -87,10 +88,3 @@ def token_classes(window: np.ndarray, segments: np.ndarray, seg_start: np.ndarra
     classes = np.where(depth > 0, BLOCK, TEXT)
     classes[window >= FIRST_VISION_CODE] = CODE
     return classes
-
-
-def table_from_config(data_cfg) -> LossWeightTable:
-    """The table named by a data config (attribute or mapping with loss_policy, vision_loss_weight)."""
-    get = data_cfg.get if isinstance(data_cfg, dict) else (lambda k, d=None: getattr(data_cfg, k, d))
-    return LossWeightTable(policy=get("loss_policy", "pretrain"),
-                           vision_loss_weight=float(get("vision_loss_weight", 0.5)))

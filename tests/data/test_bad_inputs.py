@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from megatron_emu3.config.schema import DataConfig, DataSource
 from megatron_emu3.data.blend import BlendSpec, DataSourceSpec, normalise_weights, parse_split
 from megatron_emu3.data.dataset import blend_spec_from_config, build_datasets
 from megatron_emu3.data.shards import ShardSet
@@ -106,9 +107,9 @@ def test_empty_blend_component(tmp_path):
     with pytest.raises(ValueError, match=r"blend component 'captions' has no documents"):
         build_datasets(blend, 64, 0, 4)
     with pytest.raises(ValueError, match="data.sources is empty"):
-        blend_spec_from_config({"sources": []})
+        blend_spec_from_config(DataConfig(sources=[]))
     with pytest.raises(FileNotFoundError, match="matches no '.idx' file"):
-        build_datasets({"sources": [{"prefix": str(tmp_path / "none_*")}]}, 64, 0, 4)
+        build_datasets(DataConfig(sources=[DataSource(str(tmp_path / "none_*"))]), 64, 0, 4)
 
 
 def test_component_with_no_training_documents(tmp_path):

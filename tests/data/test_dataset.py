@@ -134,16 +134,36 @@ def test_train_valid_split_is_disjoint_and_independent_of_the_seed(tmp_path):
     assert docs[1] == docs[2]
 
 
-def test_config_mapping_with_globs_and_relative_paths(tmp_path):
+def test_recipe_sources_with_globs_relative_paths_and_vars(tmp_path, monkeypatch):
+    """Typed sources from a recipe: globs, a prefix relative to the recipe, ${VARS} in path fields."""
+    from megatron_emu3.config.loading import resolve_config
+
     for i in range(3):
         random_shard(str(tmp_path / f"img_{i}"), 10, kinds=(1,), seed=i)
     random_shard(str(tmp_path / "text"), 20, kinds=(0,), seed=9)
-    cfg = {"sources": [{"prefix": "img_*", "weight": 0.7}, {"prefix": "text", "weight": 0.3, "name": "web"}],
-           "split": "90,10", "vision_loss_weight": 0.25, "loss_policy": "pretrain"}
-    train, valid = build_datasets(cfg, 64, seed=0, train_samples=10, valid_samples=2, base_dir=str(tmp_path))
+    monkeypatch.setenv("EMU3_TEST_DATA", str(tmp_path))
+    recipe = tmp_path / "recipes" / "r.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text("data:\n  source: shards\n  split: '90,10'\n  vision_loss_weight: 0.25\n"
+                      "  cache_dir: ${EMU3_TEST_DATA}/cache\n  sources:\n"
+                      "    - {prefix: '${EMU3_TEST_DATA}/img_*', weight: 0.7}\n"
+                      "    - {prefix: ../text, weight: 0.3, name: web}\n")
+    cfg = resolve_config(str(recipe))
+    assert cfg.data.sources[1].prefix == str(recipe.parent / "../text") and cfg.data.sources[1].name == "web"
+    assert cfg.data.cache_dir == f"{tmp_path}/cache"
+    train, valid = build_datasets(cfg.data, 64, seed=0, train_samples=10, valid_samples=2)
     assert len(train.corpus.shards) == 4 and train.table.vision_loss_weight == 0.25
     assert valid is not None and len(valid) >= 2
     assert "web" in train.info["skipped_oversize_vision"]
+
+
+def test_unknown_source_key_names_the_source(tmp_path):
+    from megatron_emu3.config.loading import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.sources\[1\].wieght'"):
+        resolve_config(None, ["data.sources=[{prefix: a}, {prefix: b, wieght: 2}]"])
+    with pytest.raises(ConfigError, match=r"data.sources\[0\] \(from command line\): expected a mapping"):
+        resolve_config(None, ["data.sources=[a_prefix]"])
 
 
 def test_reads_agree_with_megatron_core(tmp_path):

@@ -49,7 +49,7 @@ def test_stage2_inherits_stage1_and_changes_what_differs():
     assert s2.data.seq_length == 131_072 and s2.parallel.cp > 1
     assert s2.checkpoint.load_weights_from and not s1.checkpoint.load_weights_from
     assert s2.optimizer.lr == s1.optimizer.lr == 5e-5
-    assert any("video" in s["prefix"] for s in s2.data.sources)
+    assert any("video" in s.prefix for s in s2.data.sources)
     assert s2.model == s1.model
 
 
