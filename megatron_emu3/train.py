@@ -35,7 +35,7 @@ def run_entry(prog: str, doc: str, train_fn: Callable, argv=None, dry_run: bool 
     """Parse, resolve and validate the config, then `train_fn(cfg)`; bad input exits 2 with one line."""
     args = parse_args(prog, doc, argv, dry_run)
     from megatron_emu3.parallel.launcher import exit_with_launcher
-    from megatron_emu3.parallel.setup import dist_env_from_environ
+    from megatron_emu3.parallel.env import dist_env_from_environ
 
     env = dist_env_from_environ()
     configure_logging(env.rank)

@@ -34,7 +34,8 @@ def load_checkpoint_model(checkpoint: str | Path, overrides=()):
     """(config, TP=1 GPTModel with the checkpoint's weights) in this single process."""
     from megatron_emu3.checkpoint.state import load_model_weights
     from megatron_emu3.model.build import build_model
-    from megatron_emu3.parallel.setup import DistEnv, init_distributed
+    from megatron_emu3.parallel.env import DistEnv
+    from megatron_emu3.parallel.setup import init_distributed
 
     path = resolve_checkpoint_path(checkpoint)
     cfg = resolve_config(str(path / "config.yaml"), [*SINGLE_PROCESS, *overrides])

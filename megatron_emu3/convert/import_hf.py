@@ -41,7 +41,8 @@ def import_from_hf(hf_dir: str | Path, output: str | Path, recipe: str | None = 
     from megatron_emu3.checkpoint.state import save_model_weights
     from megatron_emu3.model.build import build_model
     from megatron_emu3.model.full_state import load_full_state
-    from megatron_emu3.parallel.setup import DistEnv, init_distributed
+    from megatron_emu3.parallel.env import DistEnv
+    from megatron_emu3.parallel.setup import init_distributed
 
     text_config, prefix = read_hf_text_config(hf_dir)
     fields = from_hf_text_config(text_config)

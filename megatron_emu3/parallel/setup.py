@@ -11,7 +11,6 @@ import datetime
 import logging
 import os
 import socket
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -19,26 +18,9 @@ import torch.distributed as dist
 from megatron_emu3.config.schema import Config
 from megatron_emu3.parallel import cpu_compat
 from megatron_emu3.parallel.context import ParallelContext, context_from_megatron
+from megatron_emu3.parallel.env import DistEnv, dist_env_from_environ
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process sits in the job."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-
-
-def dist_env_from_environ(environ=os.environ) -> DistEnv:
-    """Rank/world/local rank from torchrun's variables, else Slurm's, else a single process."""
-    if "RANK" in environ and "WORLD_SIZE" in environ:
-        return DistEnv(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0)))
-    if "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
-        return DistEnv(int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"]), int(environ.get("SLURM_LOCALID", 0)))
-    return DistEnv(0, 1, 0)
 
 
 def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 600) -> ParallelContext:

@@ -37,7 +37,8 @@ from megatron_emu3.model.full_state import load_full_state
 from megatron_emu3.model.spec import DecoderChoice
 from megatron_emu3.parallel.context import ParallelContext
 from megatron_emu3.parallel.ddp import sync_params, wrap_model
-from megatron_emu3.parallel.setup import DistEnv, init_distributed
+from megatron_emu3.parallel.env import DistEnv
+from megatron_emu3.parallel.setup import init_distributed
 from megatron_emu3.training.metrics import MetricsWriter
 from megatron_emu3.training.run_lock import RunDirLockedError, RunLock
 from megatron_emu3.training.schedule import apply_lr, lr_at

@@ -19,7 +19,8 @@ def make_checkpoint(ckpt_dir: str) -> None:
     from megatron_emu3.checkpoint.state import save_model_weights
     from megatron_emu3.config.loading import resolve_config
     from megatron_emu3.model.build import build_model
-    from megatron_emu3.parallel.setup import DistEnv, destroy_distributed, init_distributed
+    from megatron_emu3.parallel.env import DistEnv
+    from megatron_emu3.parallel.setup import destroy_distributed, init_distributed
 
     cfg = resolve_config(RECIPE, OVERRIDES + [f"run_dir={Path(ckpt_dir).parent}"])
     init_distributed(cfg, DistEnv(0, 1, 0))

@@ -14,7 +14,8 @@ def cache_vs_full_on_cuda(dtype_name: str) -> float:
     from megatron_emu3.generation.api import left_pad
     from megatron_emu3.generation.decoding import MegatronLM
     from megatron_emu3.model.build import build_model
-    from megatron_emu3.parallel.setup import DistEnv, destroy_distributed, init_distributed
+    from megatron_emu3.parallel.env import DistEnv
+    from megatron_emu3.parallel.setup import destroy_distributed, init_distributed
 
     cfg = resolve_config(RECIPE, ["parallel.attention_backend=sdpa", "data.seq_length=64"])
     init_distributed(cfg, DistEnv(0, 1, 0))

@@ -195,7 +195,8 @@ def run_all(cp: int) -> dict:
     from megatron.core import parallel_state
 
     from megatron_emu3.config.loading import resolve_config
-    from megatron_emu3.parallel.setup import destroy_distributed, dist_env_from_environ, init_distributed
+    from megatron_emu3.parallel.env import dist_env_from_environ
+    from megatron_emu3.parallel.setup import destroy_distributed, init_distributed
 
     # One thread per rank: the launcher sets OMP_NUM_THREADS after torch is imported, too late, and
     # 4 ranks x 2 spinning threads on 2 cores made this 20x slower.

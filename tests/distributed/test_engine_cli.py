@@ -1,0 +1,174 @@
+"""The one training loop through the command line, as users run it: every layout logs one rank's
+losses, DPO survives a SIGUSR1 like pretraining (async saves too) and evaluates on held-out pairs,
+ranks die with a SIGKILLed launcher, and a second launch into a live run's directory is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from megatron_emu3.checkpoint import layout
+from tests.distributed.launcher import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = str(REPO / "examples/recipes/tiny.yaml")
+DPO = str(REPO / "examples/recipes/tiny_dpo.yaml")
+
+
+def _cmd(module: str, ranks: int) -> list[str]:
+    if ranks == 1:
+        return [sys.executable, "-m", module]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}",
+            f"--master-port={free_port()}", "-m", module]
+
+
+def _launch(module: str, ranks: int, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
+    return subprocess.Popen([*_cmd(module, ranks), *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _run(module: str, ranks: int, *args: str, timeout: float = 400) -> str:
+    proc = _launch(module, ranks, *args)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _records(run_dir: Path) -> dict[int, dict]:
+    """The last logged record of each step (a resumed run appends the steps it redoes)."""
+    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def _wait_for_step(run_dir: Path, step: int, proc, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and any(json.loads(l)["step"] >= step for l in metrics.read_text().splitlines() if l):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run exited early:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+LAYOUT_ARGS = ["--config", TINY, "train.iters=3", "checkpoint.save_at_end=false", "optimizer.warmup_iters=1"]
+
+
+@pytest.mark.parametrize("ranks,layout_args", [
+    (2, ["parallel.tp=2"]),
+    (2, ["parallel.cp=2"]),
+    (2, []),  # data parallel 2
+    (4, ["parallel.tp=2", "parallel.cp=2"]),
+], ids=["tp2", "cp2", "dp2", "tp2xcp2"])
+def test_layout_logs_the_same_losses_as_one_rank(tmp_path_factory, ranks, layout_args):
+    """The tiny recipe (full 184,622-token vocabulary) gives one rank's losses under any layout: the
+    padded vocabulary and the initial weights no longer depend on TP, and padded logits are masked."""
+    reference = tmp_path_factory.getbasetemp() / "one_rank"
+    if not (reference / "COMPLETE").exists():
+        _run("megatron_emu3.train", 1, *LAYOUT_ARGS, f"run_dir={reference}")
+    run_dir = tmp_path_factory.mktemp("layout") / "run"
+    _run("megatron_emu3.train", ranks, *LAYOUT_ARGS, *layout_args, f"run_dir={run_dir}")
+    want, got = _records(reference), _records(run_dir)
+    assert sorted(got) == [1, 2, 3]
+    for step in want:
+        assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-5), (step, layout_args)
+
+
+@pytest.fixture(scope="module")
+def prefs(tmp_path_factory):
+    from megatron_emu3.dpo.shards import write_preferences
+    from tests.dpo.scenarios import VOCAB, synthetic_triplets
+
+    prefix = tmp_path_factory.mktemp("prefs") / "pairs"
+    write_preferences(prefix, synthetic_triplets(24), VOCAB)
+    return str(prefix)
+
+
+def _dpo_args(prefs: str, run_dir: Path, *extra: str) -> list[str]:
+    return ["--config", DPO, f"dpo.data={prefs}", f"run_dir={run_dir}", "model.vocab_size=512",
+            "data.seq_length=16", "data.global_batch_size=4", "data.micro_batch_size=2", "train.iters=8",
+            "optimizer.lr=3e-3", "dpo.beta=0.5", "dpo.valid_fraction=0.25", "train.eval_interval=2",
+            "train.eval_iters=1", *extra]
+
+
+def test_dpo_sigusr1_saves_exits_and_resumes_bitwise_with_async_saves(prefs, tmp_path):
+    straight = tmp_path / "straight"
+    _run("megatron_emu3.dpo.train", 1, *_dpo_args(prefs, straight))
+    want = _records(straight)
+    assert sorted(want) == list(range(1, 9))
+    for step in (2, 4, 6, 8):  # held-out pairs scored at every evaluation
+        assert {"valid_margin", "valid_accuracy", "valid_dpo_loss"} <= set(want[step]), want[step]
+    assert "valid_margin" not in want[1]
+
+    run_dir = tmp_path / "signalled"
+    proc = _launch("megatron_emu3.dpo.train", 1, *_dpo_args(prefs, run_dir, "checkpoint.async_save=true"))
+    _wait_for_step(run_dir, 3, proc)
+    os.kill(proc.pid, signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "saved checkpoint on signal" in out and "asynchronously" in out
+    assert not (run_dir / "COMPLETE").exists(), "the run finished before the signal; raise train.iters"
+    saved = layout.step_of(layout.find_latest(run_dir / "checkpoints"))
+    assert 3 <= saved < 8
+    out = _run("megatron_emu3.dpo.train", 1, *_dpo_args(prefs, run_dir, "checkpoint.async_save=true"))
+    assert f"at step {saved}" in out
+    got = _records(run_dir)
+    assert sorted(got) == list(range(1, 9))
+    for step in range(1, 9):
+        for key in ("loss", "margin", "accuracy", "grad_norm"):
+            assert got[step][key] == want[step][key], (step, key)
+    assert (run_dir / "COMPLETE").read_text().strip() == "8"
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    children = [int(p) for p in out.split()]
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return state not in ("Z", "X")
+
+
+def test_launcher_sigkill_takes_its_ranks_and_a_live_run_dir_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+
+    def args(iters: int) -> list[str]:
+        return ["--config", TINY, f"run_dir={run_dir}", f"train.iters={iters}", "checkpoint.interval=2",
+                "model.vocab_size=512", "optimizer.decay_iters=400"]
+
+    proc = _launch("megatron_emu3.train", 2, *args(400))
+    _wait_for_step(run_dir, 2, proc)
+    ranks = _descendants(proc.pid)
+    assert len(ranks) >= 2, ranks
+
+    second = _launch("megatron_emu3.train", 1, *args(400))
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 2, out[-3000:]
+    assert f"run directory {run_dir} is in use by a live run" in out
+    assert any(f"pid {rank}," in out for rank in ranks) and "host " in out, out[-2000:]
+
+    os.kill(proc.pid, signal.SIGKILL)  # the launcher alone
+    proc.wait(timeout=30)
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(p) for p in ranks):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in ranks), "ranks outlived their launcher"
+    saved = layout.step_of(layout.find_latest(run_dir / "checkpoints"))
+    out = _run("megatron_emu3.train", 2, *args(saved + 2))
+    assert f"at step {saved}" in out  # the stale lock of the killed run did not block
+    assert (run_dir / "COMPLETE").read_text().strip() == str(saved + 2)
