@@ -91,8 +91,10 @@ def load_only(overrides: list[str], checkpoint: str, weights_only: bool) -> dict
     return out
 
 
-def logits_from_full_state(overrides: list[str], full_path: str, token_path: str) -> torch.Tensor:
-    """Build our model under `overrides` from a full state file and return its logits on the tokens."""
+def logits_from_full_state(overrides: list[str], full_path: str, token_path: str) -> dict:
+    """Build our model under `overrides` from a full state file; return its logits on the tokens (real
+    vocabulary), the largest logit of the padding columns, and the per-token loss the model itself
+    computes for next-token labels (the training path: padded columns masked)."""
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from megatron_emu3.config.loading import resolve_config
@@ -106,8 +108,10 @@ def logits_from_full_state(overrides: list[str], full_path: str, token_path: str
     run.model.eval()
     with torch.no_grad():
         logits = gather_from_tensor_model_parallel_region(run.model(tokens, positions, None)).float()
+        ce = run.model(tokens[:, :-1], positions[:, :-1], None, labels=tokens[:, 1:]).float()
     destroy_distributed()
-    return logits[..., : cfg.model.vocab_size]
+    return {"logits": logits[..., : cfg.model.vocab_size], "padding_max": logits[..., cfg.model.vocab_size:].max(),
+            "ce": ce}
 
 
 def one_step_te_reference(overrides: list[str], init_path: str | None) -> dict:

@@ -38,10 +38,15 @@ def test_logits_match_transformers(tmp_path, hf_model, tp):
     torch.save(tokens, tmp_path / "tokens.pt")
     with torch.no_grad():
         expected = hf(tokens).logits.float()
+    with torch.no_grad():  # transformers' next-token loss, per token, over the real vocabulary
+        hf_ce = torch.nn.functional.cross_entropy(hf(tokens[:, :-1]).logits.float().transpose(1, 2), tokens[:, 1:],
+                                                  reduction="none")
     results = run_ranks(tp, logits_from_full_state, overrides + [f"parallel.tp={tp}"],
                         str(tmp_path / "full.pt"), str(tmp_path / "tokens.pt"))
     for got in results:
-        assert (got - expected).abs().max().item() < 2e-5
+        assert (got["logits"] - expected).abs().max().item() < 2e-5
+        assert got["padding_max"].item() == float("-inf")  # padding rows never take part in softmax
+        assert (got["ce"] - hf_ce).abs().max().item() < 2e-5
 
 
 def test_round_trip_is_identity(hf_model):
