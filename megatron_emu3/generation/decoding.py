@@ -4,13 +4,15 @@ and from a transformers Emu3 model, behind one small interface.
 A *language model session* answers two calls:
 - ``start(ids, valid)``: run the left-padded prompts ``ids`` [n, s] (``valid`` [n, s] is False on
   pads) and return the logits of the last position [n, vocab];
-- ``step(next_ids)``: append one token per row [n] and return the next logits [n, vocab].
+- ``step(next_ids)``: append one token per row [n] and return the next logits [n, vocab];
+- ``agree(tokens)``: the tokens every rank of a model-parallel group continues with (rank 0's).
 
 `MegatronLM` runs our `GPTModel` (any tensor-parallel layout, logits gathered over TP ranks; no
-sequence or context parallelism at inference). With ``use_cache=True`` it runs the model's own
-modules layer by layer (embedding, norms, fused QKV, RoPE, output projection, MLP) keeping each
-layer's rotated keys and values, so a step costs one token; ``use_cache=False`` re-runs the full
-forward (`GPTModel.forward`) over the whole sequence every step: the reference the cache is tested
+sequence or context parallelism at inference). With ``use_cache=True`` it decodes through
+megatron-core's own inference path: `GPTModel.forward` with a `StaticInferenceContext`, whose
+attention layers keep every layer's keys and values, so a step costs one token and the model that
+generates is exactly the model that trained (no second forward written here). ``use_cache=False``
+re-runs the full forward over the whole sequence every step: the reference the cache is tested
 against. RoPE scores depend only on distances, and pads are masked as keys, so left padding does
 not change a row's logits (up to float rounding). `HFLM` does the same with transformers' cache.
 """
@@ -20,8 +22,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
-from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+from megatron.core.inference.contexts import StaticInferenceContext
 
 from megatron_emu3.model.build import unwrap
 from megatron_emu3.parallel.context import ParallelContext
@@ -63,24 +64,13 @@ class MegatronLM:
         self.max_length, self.use_cache = max_length, use_cache
         self.gpt.eval()
 
-    # -- shared helpers -------------------------------------------------------------------------
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[s, n, h] final hidden states -> gathered logits [n, s, vocab] (fp32, padding rows trimmed)."""
-        weight = self.gpt.shared_embedding_or_output_weight() if self.gpt.share_embeddings_and_output_weights else None
-        logits, _ = self.gpt.output_layer(hidden, weight=weight)
-        if self.tp > 1:
-            logits = gather_from_tensor_model_parallel_region(logits)
-        return logits.transpose(0, 1)[..., : self.vocab_size].float()
-
     @torch.no_grad()
     def full_logits(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Logits [n, s, vocab] of the whole (left-padded) sequence through `GPTModel.forward`."""
         n, s = ids.shape
         positions = torch.arange(s, device=ids.device).expand(n, s)
         mask = ~_mask(valid, s, 0)  # megatron's convention: True = masked
-        logits = self.gpt(ids, positions, mask)
-        if self.tp > 1:
-            logits = gather_from_tensor_model_parallel_region(logits)
+        logits = self.gpt(ids, positions, mask, runtime_gather_output=True)
         return logits[..., : self.vocab_size].float()
 
     def agree(self, tokens_: torch.Tensor) -> torch.Tensor:
@@ -97,15 +87,7 @@ class MegatronLM:
         self.ids, self.valid = ids, valid
         if not self.use_cache:
             return self.full_logits(ids, valid)[:, -1]
-        n = ids.shape[0]
-        first = next(self.gpt.parameters())
-        self.cache = []
-        for layer in self.gpt.decoder.layers:
-            attn = layer.self_attention
-            shape = (self.max_length, n, attn.num_query_groups_per_partition, attn.hidden_size_per_attention_head)
-            self.cache.append((first.new_zeros(shape), first.new_zeros(shape)))
-        self.freqs = self.gpt.rotary_pos_emb(self.max_length)
-        self.length = 0
+        self.inference = StaticInferenceContext(ids.shape[0], self.max_length)
         return self._forward_cached(ids)[:, -1]
 
     @torch.no_grad()
@@ -120,29 +102,13 @@ class MegatronLM:
         return self._forward_cached(next_ids)[:, -1]
 
     def _forward_cached(self, new_ids: torch.Tensor) -> torch.Tensor:
-        """Run `new_ids` [n, q] at positions length..length+q against the cache; logits [n, q, vocab]."""
-        gpt, q_len, start = self.gpt, new_ids.shape[1], self.length
-        end = start + q_len
-        positions = torch.arange(start, end, device=new_ids.device).expand_as(new_ids)
-        hidden = gpt.embedding(input_ids=new_ids, position_ids=positions)  # [q, n, h]
-        freqs = self.freqs[start:end]
-        allowed = _mask(self.valid[:, :end], q_len, start)
-        for layer, (k_cache, v_cache) in zip(gpt.decoder.layers, self.cache):
-            attn = layer.self_attention
-            query, key, value = attn.get_query_key_value_tensors(layer.input_layernorm(hidden), None)[:3]
-            query = apply_rotary_pos_emb(query, freqs, config=gpt.config)
-            key = apply_rotary_pos_emb(key, freqs, config=gpt.config)
-            k_cache[start:end], v_cache[start:end] = key, value
-            q, k, v = (t.permute(1, 2, 0, 3) for t in (query, k_cache[:end], v_cache[:end]))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True,
-                                                 scale=getattr(attn.core_attention, "softmax_scale", None))
-            context = out.permute(2, 0, 1, 3).reshape(q_len, new_ids.shape[0], -1)
-            projected, bias = attn.linear_proj(context)
-            hidden = hidden + (projected if bias is None else projected + bias)
-            mlp_out, bias = layer.mlp(layer.pre_mlp_layernorm(hidden))
-            hidden = hidden + (mlp_out if bias is None else mlp_out + bias)
-        self.length = end
-        return self._logits(gpt.decoder.final_layernorm(hidden))
+        """Run `new_ids` [n, q] after the cached tokens; logits of the last new position [n, 1, vocab]."""
+        q_len, start = new_ids.shape[1], self.inference.sequence_len_offset
+        positions = torch.arange(start, start + q_len, device=new_ids.device).expand_as(new_ids)
+        mask = ~_mask(self.valid[:, :start + q_len], q_len, start)
+        logits = self.gpt(new_ids, positions, mask, inference_context=self.inference, runtime_gather_output=True)
+        self.inference.increment_sequence_len_offset(q_len)
+        return logits[..., : self.vocab_size].float()
 
 
 class HFLM:

@@ -35,6 +35,9 @@ class RandomLM:
     def step(self, next_ids):
         return self._logits(next_ids.shape[0])
 
+    def agree(self, tokens_):
+        return tokens_  # one process
+
 
 class FakeTokenizer:
     def encode(self, text):
