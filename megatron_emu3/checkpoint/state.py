@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, tensor_parallel
+from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
 
 from megatron_emu3.checkpoint import layout
@@ -77,22 +78,40 @@ class TrainProgress:
         self.consumed_samples = int(loaded["consumed_samples"])
 
 
-class ModelState:
-    """The model's sharded tensors (synced first when parameter gathers are deferred)."""
+def _model_sharded_state(gpts: list) -> dict:
+    """The sharded state of one GPTModel, or of each virtual pipeline chunk under ``model<i>`` (the
+    files hold layer-indexed global tensors either way, so pipeline layouts reshard freely)."""
+    if len(gpts) == 1:
+        return gpts[0].sharded_state_dict()
+    return {f"model{i}": gpt.sharded_state_dict() for i, gpt in enumerate(gpts)}
 
-    def __init__(self, model: torch.nn.Module, vocab_size: int):
-        self.model, self.vocab_size = model, vocab_size
+
+def _load_model_state(gpts: list, loaded: dict) -> None:
+    if len(gpts) == 1:
+        gpts[0].load_state_dict(loaded)
+    else:
+        for i, gpt in enumerate(gpts):
+            gpt.load_state_dict(loaded[f"model{i}"])
+
+
+class ModelState:
+    """The model's sharded tensors (synced first when parameter gathers are deferred); `model`: a
+    wrapped model or this rank's list of pipeline chunks."""
+
+    def __init__(self, model, vocab_size: int):
+        self.chunks = list(model) if isinstance(model, (list, tuple)) else [model]
+        self.vocab_size = vocab_size
 
     def sharded_state(self, is_loading: bool, parts) -> dict:
         if not is_loading:
-            sync_params(self.model)  # parameters the optimizer updated but forward hooks did not gather yet
-        return unwrap(self.model).sharded_state_dict()
+            sync_params(self.chunks)  # parameters the optimizer updated but forward hooks did not gather yet
+        return _model_sharded_state([unwrap(c) for c in self.chunks])
 
     def before_load(self, request: dict, path: Path, saved_keys: set) -> None:
         check_model_shapes(request, path, self.vocab_size)
 
     def load_state(self, loaded: dict) -> None:
-        unwrap(self.model).load_state_dict(loaded)
+        _load_model_state([unwrap(c) for c in self.chunks], loaded)
 
 
 class OptimizerState:
@@ -274,8 +293,7 @@ def check_model_shapes(model_sd: dict, path: Path, vocab_size: int) -> None:
     The vocabulary padding may differ (another TP layout); `vocab_padding` handles those tensors.
     """
     saved = dist_checkpointing.load_tensors_metadata(str(path))
-    for key in sorted(model_sd):
-        wanted = model_sd[key]
+    for wanted in sorted(nested_values(model_sd), key=lambda t: getattr(t, "key", "")):
         if not isinstance(wanted, ShardedTensor):
             continue
         if wanted.key not in saved:
@@ -297,15 +315,16 @@ def _load(sharded: dict, path: Path, vocab_size: int) -> dict:
     return loaded
 
 
-def load_model_weights(gpt: torch.nn.Module, path: str | Path, vocab_size: int) -> Path:
-    """Load only the model tensors of checkpoint `path` into an (unwrapped) GPTModel whose first
-    `vocab_size` embedding rows are real."""
+def load_model_weights(gpt, path: str | Path, vocab_size: int) -> Path:
+    """Load only the model tensors of checkpoint `path` into an (unwrapped) GPTModel, or a list of
+    pipeline chunks, whose first `vocab_size` embedding rows are real."""
     path = layout.resolve_checkpoint_path(path)
     start = time.perf_counter()
-    model_sd = gpt.sharded_state_dict()
+    gpts = list(gpt) if isinstance(gpt, (list, tuple)) else [gpt]
+    model_sd = _model_sharded_state(gpts)
     check_model_shapes(model_sd, path, vocab_size)
     loaded = _load({"model": model_sd}, path, vocab_size)
-    gpt.load_state_dict(loaded["model"])
+    _load_model_state(gpts, loaded["model"])
     logger.info("loaded model weights only from %s in %.2fs", path, time.perf_counter() - start)
     return path
 

@@ -69,7 +69,14 @@ class ParallelConfig:
     cp: int = 1
     """Context-parallel size (sequence split into 2*cp zigzag chunks)."""
     pp: int = 1
-    """Pipeline-parallel size (only 1 is supported so far)."""
+    """Pipeline-parallel size: the layers split into pp stages (megatron-core's 1F1B schedule)."""
+    vpp: Optional[int] = None
+    """Virtual pipeline stages per rank (interleaved 1F1B): each rank holds vpp chunks of layers,
+    which shrinks the pipeline bubble (pp - 1) / (vpp x micro-batches); None = plain 1F1B."""
+    first_stage_layers: Optional[int] = None
+    """Layers on the first pipeline stage (it also holds the embedding); None = an even split."""
+    last_stage_layers: Optional[int] = None
+    """Layers on the last pipeline stage (it also holds the output layer and loss); None = even."""
     sequence_parallel: bool = False
     """Shard activations along the sequence inside tensor-parallel regions (needs tp > 1)."""
     distributed_optimizer: bool = False

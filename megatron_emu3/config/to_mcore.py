@@ -62,6 +62,16 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         # all-gather and all-to-all variants do not take THD, and without THD document masks are lost.
         cp_comm_type="p2p",
         pipeline_model_parallel_size=p.pp,
+        virtual_pipeline_model_parallel_size=p.vpp,
+        num_layers_in_first_pipeline_stage=p.first_stage_layers,
+        num_layers_in_last_pipeline_stage=p.last_stage_layers,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        # Interleaved stages overlap their send/recv with compute (Megatron-LM's default), which uses
+        # ordered point-to-point ops rather than one batched call: with pp = 2 the next and the
+        # previous stage are the same rank, and only the ordered form pairs activations with
+        # activations and gradients with gradients on every backend (gloo included).
+        overlap_p2p_comm=p.vpp is not None,
+        batch_p2p_comm=p.vpp is None,
         sequence_parallel=p.sequence_parallel,
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,

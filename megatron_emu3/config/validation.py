@@ -55,6 +55,48 @@ def _get(cfg: Config, dotted: str):
     return obj
 
 
+def stage_layers(cfg: Config) -> list[int]:
+    """Layers of each pipeline stage: first/last as configured, the other stages split the rest evenly."""
+    m, p = cfg.model, cfg.parallel
+    first, last = p.first_stage_layers, p.last_stage_layers
+    middle = p.pp - (first is not None) - (last is not None)
+    rest = m.num_layers - (first or 0) - (last or 0)
+    split = [rest // middle] * middle if middle > 0 else []
+    return ([first] if first is not None else []) + split + ([last] if last is not None else [])
+
+
+def _check_pipeline(cfg: Config, fail) -> None:
+    m, p = cfg.model, cfg.parallel
+    if p.pp == 1:
+        if p.vpp is not None or p.first_stage_layers is not None or p.last_stage_layers is not None:
+            fail("parallel.vpp / first_stage_layers / last_stage_layers need parallel.pp > 1")
+        return
+    uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
+    if p.vpp is not None:
+        if p.vpp < 2:
+            fail(f"parallel.vpp={p.vpp}: virtual stages per rank must be >= 2 (or null for plain 1F1B)")
+        if uneven:
+            fail("parallel.vpp with first_stage_layers/last_stage_layers: megatron-core's interleaved "
+                 "schedule needs an even split here; drop one or the other")
+        if m.num_layers % (p.pp * p.vpp):
+            fail(f"model.num_layers={m.num_layers} is not divisible by parallel.pp x parallel.vpp = "
+                 f"{p.pp * p.vpp}; every virtual stage needs the same number of layers")
+        return
+    if not uneven:
+        if m.num_layers % p.pp:
+            fail(f"model.num_layers={m.num_layers} is not divisible by parallel.pp={p.pp}; choose pp that "
+                 "divides the layers, or set parallel.first_stage_layers / last_stage_layers")
+        return
+    middle = p.pp - (p.first_stage_layers is not None) - (p.last_stage_layers is not None)
+    rest = m.num_layers - (p.first_stage_layers or 0) - (p.last_stage_layers or 0)
+    if rest < 0 or (middle and rest % middle) or (not middle and rest):
+        fail(f"parallel.first_stage_layers={p.first_stage_layers}, last_stage_layers={p.last_stage_layers}: "
+             f"the other {middle} stage(s) must split the remaining {rest} of model.num_layers={m.num_layers} "
+             "layers evenly")
+    if min(stage_layers(cfg)) < 1:
+        fail(f"every pipeline stage needs at least one layer; stages would get {stage_layers(cfg)}")
+
+
 def validate_config(cfg: Config, world_size: int = 1) -> None:
     """Raise ConfigError naming the key when `cfg` cannot run on `world_size` ranks."""
     m, p, d = cfg.model, cfg.parallel, cfg.data
@@ -92,9 +134,7 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
     if d.source == "synthetic" and d.synthetic_vocab > m.vocab_size:
         fail(f"data.synthetic_vocab={d.synthetic_vocab} exceeds model.vocab_size={m.vocab_size} "
              f"(highest token id must be below the vocab); lower data.synthetic_vocab")
-    if p.pp != 1:
-        fail(f"parallel.pp={p.pp}: pipeline parallelism is not supported yet; use parallel.pp=1 "
-             "and scale with tp/cp/dp")
+    _check_pipeline(cfg, fail)
     model_parallel = p.tp * p.cp * p.pp
     if world_size % model_parallel:
         fail(f"world size {world_size} is not divisible by parallel.tp*cp*pp = {p.tp}*{p.cp}*{p.pp} = "

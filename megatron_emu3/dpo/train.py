@@ -28,6 +28,9 @@ def train_dpo(cfg: Config, env=None):
         raise ConfigError("dpo.data is not set: give the preference shard prefix (tools/make_preferences.py)")
     if cfg.parallel.cp != 1:
         raise ConfigError(f"parallel.cp={cfg.parallel.cp}: DPO runs without context parallelism; use parallel.cp=1")
+    if cfg.parallel.pp != 1:
+        raise ConfigError(f"parallel.pp={cfg.parallel.pp}: DPO runs without pipeline parallelism (its frozen "
+                          "reference would need a pipeline of its own); use parallel.pp=1 and tp/dp")
     PreferenceShard(cfg.dpo.data, cfg.model.vocab_size)  # validate before building anything
     run = train(cfg, env, make_task=DPOTask)
     return run, run.task.reference

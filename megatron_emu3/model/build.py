@@ -18,6 +18,7 @@ import logging
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
 from megatron_emu3.config.schema import Config
 from megatron_emu3.config.to_mcore import transformer_config
@@ -33,26 +34,50 @@ def decoder_choice(cfg: Config) -> DecoderChoice:
                         cfg.model.attention_dropout)
 
 
-def build_model(cfg: Config, choice: DecoderChoice | None = None) -> GPTModel:
-    """This rank's shard of the model, on the current device, in the config's precision."""
+def build_model(cfg: Config, choice: DecoderChoice | None = None, vp_stage: int | None = None,
+                config=None) -> GPTModel:
+    """This rank's shard of the model (of virtual pipeline stage `vp_stage` under interleaving), on the
+    current device, in the config's precision. `config`: a TransformerConfig to share between chunks."""
     choice = choice or decoder_choice(cfg)
-    logger.info("model: %s", choice.why)
+    if vp_stage in (None, 0):
+        logger.info("model: %s", choice.why)
     vocab = padded_vocab_size(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
+    config = config or transformer_config(cfg)
+    first = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    last = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    spec = choice.spec
+    if isinstance(spec, TransformerBlockSubmodules):  # a whole-block spec: this stage's share of its layers
+        spec = TransformerBlockSubmodules(layer_specs=spec.layer_specs[:1] * get_num_layers_to_build(config, vp_stage),
+                                          layer_norm=spec.layer_norm)
     model = GPTModel(
-        config=transformer_config(cfg),
-        transformer_layer_spec=choice.spec,
+        config=config,
+        transformer_layer_spec=spec,
         vocab_size=vocab,
         max_sequence_length=cfg.data.seq_length,
-        pre_process=True,
-        post_process=True,
+        pre_process=first,
+        post_process=last,
         parallel_output=True,
         share_embeddings_and_output_weights=not cfg.model.untie_embeddings,
         position_embedding_type="rope",
         rotary_base=cfg.model.rope_base,
+        vp_stage=vp_stage,
     )
-    mask_padded_vocab(model.output_layer, cfg.model.vocab_size, vocab,
-                      parallel_state.get_tensor_model_parallel_rank())
+    if last:
+        mask_padded_vocab(model.output_layer, cfg.model.vocab_size, vocab,
+                          parallel_state.get_tensor_model_parallel_rank())
     return model
+
+
+def build_model_chunks(cfg: Config, choice: DecoderChoice | None = None) -> list[GPTModel]:
+    """This rank's model chunks: one, or `parallel.vpp` virtual pipeline stages, sharing one config."""
+    config = transformer_config(cfg)
+    choice = choice or decoder_choice(cfg)
+    if choice.input_format == "thd" and cfg.parallel.pp > 1:
+        # Transformer Engine's packed micro-batches differ in length (padding per document): pipeline
+        # stages then exchange every activation's shape before the activation itself.
+        config.variable_seq_lengths = True
+    stages = [None] if cfg.parallel.vpp is None else list(range(cfg.parallel.vpp))
+    return [build_model(cfg, choice, stage, config) for stage in stages]
 
 
 def mask_padded_vocab(output_layer: torch.nn.Module, real_vocab: int, padded_vocab: int, tp_rank: int):

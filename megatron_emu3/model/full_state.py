@@ -70,9 +70,26 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def _named_tensors(model: torch.nn.Module, use_grads: bool):
+_LAYER = re.compile(r"decoder\.layers\.(\d+)\.")
+
+
+def _global_names(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Parameters of one model chunk by their full-layout name: a pipeline stage's local layer i is
+    named by its global layer number."""
+    gpt = model
+    while hasattr(gpt, "module"):
+        gpt = gpt.module
+    layers = getattr(getattr(gpt, "decoder", None), "layers", [])
+    offset = {str(i): str(layer.layer_number - 1) for i, layer in enumerate(layers)}
+    out = {}
     for name, param in model.named_parameters():
-        name = canonical_name(name)
+        name = _LAYER.sub(lambda m: f"decoder.layers.{offset[m.group(1)]}.", canonical_name(name), count=1)
+        out[name] = param
+    return out
+
+
+def _named_tensors(model: torch.nn.Module, use_grads: bool):
+    for name, param in _global_names(model).items():
         if use_grads:
             grad = getattr(param, "main_grad", None)
             if grad is None:
@@ -82,29 +99,35 @@ def _named_tensors(model: torch.nn.Module, use_grads: bool):
             yield name, param.data
 
 
-def gather_full_state(model: torch.nn.Module, tp_group=None, grads: bool = False) -> dict[str, torch.Tensor]:
-    """Full (TP=1 layout) fp32 CPU copies of the parameters (or their gradients) on every rank."""
+def gather_full_state(model, tp_group=None, grads: bool = False) -> dict[str, torch.Tensor]:
+    """Full (TP=1, one-stage layout) fp32 CPU copies of the parameters (or their gradients) on every
+    rank. `model`: a model or this rank's list of pipeline chunks; stages are gathered too."""
     from megatron.core import parallel_state
 
     tp_group = tp_group or parallel_state.get_tensor_model_parallel_group()
     tp_size = dist.get_world_size(tp_group) if dist.is_initialized() else 1
     out = {}
-    for name, tensor in _named_tensors(model, grads):
-        tensor = tensor.detach().float().contiguous()
-        if tp_size > 1:
-            shards = [torch.empty_like(tensor) for _ in range(tp_size)]
-            dist.all_gather(shards, tensor, group=tp_group)
-        else:
-            shards = [tensor]
-        out[name] = merge_shards(name, [s.cpu() for s in shards])
+    for chunk in model if isinstance(model, (list, tuple)) else [model]:
+        for name, tensor in _named_tensors(chunk, grads):
+            tensor = tensor.detach().float().contiguous()
+            if tp_size > 1:
+                shards = [torch.empty_like(tensor) for _ in range(tp_size)]
+                dist.all_gather(shards, tensor, group=tp_group)
+            else:
+                shards = [tensor]
+            out[name] = merge_shards(name, [s.cpu() for s in shards])
+    if dist.is_initialized() and parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        stages = [None] * parallel_state.get_pipeline_model_parallel_world_size()
+        dist.all_gather_object(stages, out, group=parallel_state.get_pipeline_model_parallel_group())
+        out = {name: tensor for stage in stages for name, tensor in stage.items()}
     return out
 
 
 @torch.no_grad()
 def load_full_state(model: torch.nn.Module, full: dict[str, torch.Tensor], tp_rank: int, tp_size: int) -> None:
-    """Copy this rank's shards of `full` into `model`; names and shapes must match exactly."""
-    params = dict(model.named_parameters())
-    stripped = {canonical_name(n): p for n, p in params.items()}
+    """Copy this rank's shards of `full` into `model` (one chunk: its own layers); names and shapes
+    must match exactly."""
+    stripped = _global_names(model)
     missing = sorted(set(stripped) - set(full))
     if missing:
         raise KeyError(f"full state lacks {len(missing)} parameters, first: {missing[0]}")

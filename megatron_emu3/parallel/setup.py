@@ -49,6 +49,7 @@ def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 6
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=cfg.parallel.tp,
             pipeline_model_parallel_size=cfg.parallel.pp,
+            virtual_pipeline_model_parallel_size=cfg.parallel.vpp,
             context_parallel_size=cfg.parallel.cp,
             create_gloo_process_groups=True,
         )

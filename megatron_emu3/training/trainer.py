@@ -32,11 +32,11 @@ from megatron_emu3.config.loading import save_config
 from megatron_emu3.config.schema import Config
 from megatron_emu3.config.to_mcore import optimizer_config
 from megatron_emu3.config.validation import validate_config
-from megatron_emu3.model.build import build_model, decoder_choice, unwrap
+from megatron_emu3.model.build import build_model_chunks, decoder_choice, unwrap
 from megatron_emu3.model.full_state import load_full_state
 from megatron_emu3.model.spec import DecoderChoice
 from megatron_emu3.parallel.context import ParallelContext
-from megatron_emu3.parallel.ddp import sync_params, wrap_model
+from megatron_emu3.parallel.ddp import sync_params, wrap_chunks
 from megatron_emu3.parallel.env import DistEnv
 from megatron_emu3.parallel.setup import init_distributed
 from megatron_emu3.training.metrics import MetricsWriter
@@ -54,7 +54,8 @@ class Run:
 
     cfg: Config
     ctx: ParallelContext
-    model: torch.nn.Module
+    chunks: list
+    """This rank's wrapped model chunks: one, or `parallel.vpp` virtual pipeline stages."""
     optimizer: object
     state: TrainProgress
     choice: DecoderChoice
@@ -62,8 +63,15 @@ class Run:
     task: Optional[Task] = None
     """What is being trained (set by `train`)."""
 
+    @property
+    def model(self) -> torch.nn.Module:
+        """The wrapped model of a run without virtual pipeline stages."""
+        if len(self.chunks) != 1:
+            raise AttributeError(f"this run has {len(self.chunks)} virtual pipeline chunks: use run.chunks")
+        return self.chunks[0]
+
     def checkpoint_parts(self) -> dict:
-        return run_state(self.cfg, self.ctx, self.model, self.optimizer, self.state)
+        return run_state(self.cfg, self.ctx, self.chunks, self.optimizer, self.state)
 
 
 def build_run(cfg: Config, env: DistEnv | None = None, full_state: dict | None = None) -> Run:
@@ -74,12 +82,13 @@ def build_run(cfg: Config, env: DistEnv | None = None, full_state: dict | None =
     ctx = init_distributed(cfg, env)
     validate_config(cfg, ctx.world_size)
     choice = decoder_choice(cfg)
-    gpt = build_model(cfg, choice)
+    gpts = build_model_chunks(cfg, choice)
     if full_state is not None:
-        load_full_state(gpt, full_state, ctx.tp_rank, ctx.tp_size)
-    model = wrap_model(cfg, gpt)
-    optimizer = get_megatron_optimizer(optimizer_config(cfg), [model])
-    return Run(cfg, ctx, model, optimizer, TrainProgress(), choice)
+        for gpt in gpts:
+            load_full_state(gpt, full_state, ctx.tp_rank, ctx.tp_size)
+    chunks = wrap_chunks(cfg, gpts)
+    optimizer = get_megatron_optimizer(optimizer_config(cfg), chunks)
+    return Run(cfg, ctx, chunks, optimizer, TrainProgress(), choice)
 
 
 def checkpoint_dir(cfg: Config) -> Path:
@@ -93,7 +102,7 @@ def resume_or_initialise(run: Run) -> None:
     if found is not None:
         load_checkpoint(run.checkpoint_parts(), found)
     elif cfg.checkpoint.load_weights_from:
-        load_model_weights(unwrap(run.model), cfg.checkpoint.load_weights_from, cfg.model.vocab_size)
+        load_model_weights([unwrap(c) for c in run.chunks], cfg.checkpoint.load_weights_from, cfg.model.vocab_size)
     else:
         logger.info("no checkpoint in %s: starting from random initialisation (seed %d)",
                     checkpoint_dir(cfg), cfg.seed)
@@ -105,7 +114,7 @@ def train_one_step(run: Run, task: Task) -> dict:
     lr = lr_at(state.step, cfg.optimizer, cfg.train.iters)
     apply_lr(run.optimizer, lr, cfg.optimizer.weight_decay)
     start = time.perf_counter()  # the step's time includes reading and laying out its data
-    result = train_step(run.model, run.optimizer, task, task.train_batches(state.consumed_samples), run.ctx)
+    result = train_step(run.chunks, run.optimizer, task, task.train_batches(state.consumed_samples), run.ctx)
     elapsed = time.perf_counter() - start
     state.step += 1
     state.consumed_samples += cfg.data.global_batch_size
@@ -116,13 +125,15 @@ def train_one_step(run: Run, task: Task) -> dict:
 def evaluate(run: Run, task: Task, evaluation: int) -> dict:
     """The task's metrics over `train.eval_iters` held-out global batches, averaged, prefixed valid_."""
     stats = []
-    run.model.eval()
+    for chunk in run.chunks:
+        chunk.eval()
     for k in range(run.cfg.train.eval_iters):
         batches = task.eval_batches(evaluation, k)
         if batches is None:
             break
-        stats.append(eval_step(run.model, task, batches, run.ctx))
-    run.model.train()
+        stats.append(eval_step(run.chunks, task, batches, run.ctx))
+    for chunk in run.chunks:
+        chunk.train()
     if not stats:
         return {}
     keys = [k for k, v in stats[0].items() if isinstance(v, float) or v is None]
@@ -142,7 +153,7 @@ def train(cfg: Config, env: DistEnv | None = None, make_task: Optional[Callable[
         run.task = make_task(run) if make_task is not None else _pretrain_task(run)
         resume_or_initialise(run)
         completed = _loop(run, run.task)
-        sync_params(run.model)  # callers may read the parameters (overlap_param_gather defers the last gather)
+        sync_params(run.chunks)  # callers may read the parameters (overlap_param_gather defers the last gather)
         dist.barrier()
         if completed and ctx.rank == 0:
             (Path(cfg.run_dir) / "COMPLETE").write_text(f"{run.state.step}\n")
@@ -194,7 +205,8 @@ def _loop(run: Run, task: Task) -> bool:
         else:
             save_checkpoint(parts, checkpoint_dir(cfg), cfg)
 
-    run.model.train()
+    for chunk in run.chunks:
+        chunk.train()
     try:
         while state.step < cfg.train.iters:
             result = train_one_step(run, task)

@@ -25,14 +25,15 @@ def one_step(overrides: list[str], init_path: str | None, save_init_to: str | No
     full = torch.load(init_path) if init_path else None
     run = build_run(cfg, full_state=full)
     if save_init_to:
-        state = gather_full_state(run.model)
+        state = gather_full_state(run.chunks)
         if run.ctx.rank == 0:
             torch.save(state, save_init_to)
-    run.model.train()
+    for chunk in run.chunks:
+        chunk.train()
     result = train_one_step(run, PretrainTask(cfg, run.ctx, run.choice.input_format))
-    sync_params(run.model)
-    grads = gather_full_state(run.model, grads=True) if not cfg.parallel.distributed_optimizer else None
-    params = gather_full_state(run.model)
+    sync_params(run.chunks)
+    grads = gather_full_state(run.chunks, grads=True) if not cfg.parallel.distributed_optimizer else None
+    params = gather_full_state(run.chunks)
     destroy_distributed()
     return {"loss": result["loss"], "grads": grads, "params": params}
 
