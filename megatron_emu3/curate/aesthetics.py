@@ -90,7 +90,7 @@ def save_random_aesthetic_model(directory: str | Path, seed: int = 0) -> tuple[P
     widths = [16, 32, 16, 8, 4, 1]
     state = {}
     for layer, (i, o) in zip(MLP_LAYERS, zip(widths, widths[1:])):
-        linear = torch.nn.Linear(i, o)
-        state[f"layers.{layer}.weight"], state[f"layers.{layer}.bias"] = linear.weight.data, linear.bias.data
+        linear = torch.nn.Linear(i, o)  # weights scaled up so different pictures get visibly different scores
+        state[f"layers.{layer}.weight"], state[f"layers.{layer}.bias"] = linear.weight.data * 4, linear.bias.data
     torch.save(state, mlp_path)
     return clip_dir, mlp_path

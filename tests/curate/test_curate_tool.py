@@ -106,7 +106,9 @@ def test_report(curated):
     assert "image.ocr" in Path(f"{prefix}_report.md").read_text()
 
 
-def test_killed_then_rerun_gives_identical_outputs(curated):
+def test_killed_then_rerun_as_slurm_tasks_gives_identical_outputs(curated):
+    """SIGKILL mid-run, then the same command as two Slurm tasks (the second with two worker processes):
+    complete shards are kept, the task that completes the run merges, and every output is identical."""
     root, manifest, _, full = curated
     prefix = root / "killed" / "c"
     proc = subprocess.Popen(curate_cmd(manifest, prefix, "--shard-size", "1"), cwd=REPO, start_new_session=True,
@@ -123,19 +125,10 @@ def test_killed_then_rerun_gives_identical_outputs(curated):
         proc.wait(timeout=30)
     done = len(list(shards.glob("*.json")))
     assert 2 <= done < 14 and not Path(f"{prefix}_kept.jsonl").exists()
-    rerun = subprocess.run(curate_cmd(manifest, prefix, "--shard-size", "1"), cwd=REPO, capture_output=True,
-                           text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert outputs(prefix.parent) == outputs(full.parent)
-
-
-def test_slurm_tasks_then_merge(curated):
-    root, manifest, _, full = curated
-    prefix = root / "array" / "c"
-    for task in (0, 1):
-        rc = main(["--input", str(manifest), "--output-prefix", str(prefix), "--config", str(RULES), "--no-progress",
-                   "--threads", "1", "--shard-size", "4", "--task-index", str(task), "--task-count", "2"])
-        assert rc == 0
+    for task, workers in ((0, 1), (1, 2)):
+        rerun = subprocess.run(curate_cmd(manifest, prefix, "--shard-size", "1", "--task-index", task, "--task-count",
+                                          2, "--workers", workers), cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
         assert Path(f"{prefix}_kept.jsonl").exists() == (task == 1)  # the task that completes the run merges
     assert outputs(prefix.parent) == outputs(full.parent)
 
