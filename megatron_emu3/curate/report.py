@@ -109,10 +109,10 @@ def write_report(report: dict, decisions: list[dict], prefix: str) -> dict:
                 pngs[f"{kind}.{score}"] = str(path)
     report["histograms"] = pngs
     json_path, md_path = Path(f"{prefix}_report.json"), Path(f"{prefix}_report.md")
-    tmp = json_path.with_name(f".{json_path.name}.partial")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, json_path)
-    md_path.write_text(markdown(report, md_path.parent))
+    for path, text in ((json_path, json.dumps(report, indent=1) + "\n"), (md_path, markdown(report, md_path.parent))):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return {"report": str(json_path), "report_md": str(md_path)}
 
 

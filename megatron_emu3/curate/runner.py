@@ -134,10 +134,11 @@ def merge(job: Job, seconds: float) -> dict:
 
 
 class _atomic:
-    """A text file written under a hidden name and renamed on success."""
+    """A text file written under a hidden name and renamed on success (so a reader never sees half)."""
 
     def __init__(self, path: Path):
-        self.path, self.tmp = path, path.with_name(f".{path.name}.partial")
+        # the pid keeps two Slurm tasks that finish together from writing one temporary file
+        self.path, self.tmp = path, path.with_name(f".{path.name}.{os.getpid()}.partial")
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
