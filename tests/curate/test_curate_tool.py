@@ -106,6 +106,7 @@ def test_report(curated):
     assert "image.ocr" in Path(f"{prefix}_report.md").read_text()
 
 
+@pytest.mark.slow
 def test_killed_then_rerun_as_slurm_tasks_gives_identical_outputs(curated):
     """SIGKILL mid-run, then the same command as two Slurm tasks (the second with two worker processes):
     complete shards are kept, the task that completes the run merges, and every output is identical."""
@@ -133,6 +134,7 @@ def test_killed_then_rerun_as_slurm_tasks_gives_identical_outputs(curated):
     assert outputs(prefix.parent) == outputs(full.parent)
 
 
+@pytest.mark.slow
 def test_kept_manifest_goes_through_preprocessing(curated, tmp_path):
     from megatron_emu3.data.vision_tokenizer import save_tiny_vq
 

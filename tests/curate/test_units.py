@@ -1,0 +1,51 @@
+"""The pure parts of curation, fast: the rules file, pHash near-duplicates on real photographs, the
+sampling table, the Pillow histogram fallback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from megatron_emu3.curate.dedup import distance, near_duplicates, phash
+from megatron_emu3.curate.rules import Rules, RulesError, frames_for_length, load_rules
+from tests.media_samples import COLOUR_PHOTOS, photo
+
+RULES = Path(__file__).resolve().parents[2] / "examples" / "curation" / "rules.yaml"
+
+
+def test_example_rules_are_the_defaults_and_typos_are_errors(tmp_path):
+    assert load_rules(RULES) == Rules()
+    for text, message in (("video: {motion: {min_score: high}}", "expected a number"),
+                          ("video: {sampling: {table: [[10, 4]]}}", "last row must have max_seconds null"),
+                          ("video: {scenes: {detector: histogram}}", "adaptive or content"),
+                          ("image: {size: {enabled: 1}}", "true/false")):
+        (tmp_path / "r.yaml").write_text(text)
+        with pytest.raises(RulesError, match=message):
+            load_rules(tmp_path / "r.yaml")
+
+
+def test_sampling_table_by_clip_length():
+    sampling = Rules().video.sampling
+    assert [frames_for_length(sampling, s) for s in (1.0, 10.0, 10.5, 30.0, 300.0)] == [4, 4, 8, 8, 16]
+
+
+def test_phash_finds_resized_reencoded_copies_and_nothing_else(tmp_path):
+    hashes = {name: phash(photo(name).convert("RGB")) for name in COLOUR_PHOTOS}
+    path = tmp_path / "astronaut.jpg"
+    photo("astronaut").resize((700, 700), Image.Resampling.BICUBIC).save(path, quality=70)
+    copy = phash(Image.open(path))
+    assert distance(copy, hashes["astronaut"]) <= 6
+    assert min(distance(a, b) for a in hashes.values() for b in hashes.values() if a != b) > 12
+    items = [(name, h) for name, h in hashes.items()] + [("copy", copy)]
+    assert near_duplicates(items, 6) == {"copy": ("astronaut", distance(copy, hashes["astronaut"]))}
+
+
+def test_histogram_without_matplotlib(tmp_path, monkeypatch):
+    from megatron_emu3.curate.report import _histogram_png
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    _histogram_png({"kept": [0.1, 0.2, 0.5], "dropped": [0.9]}, "score", tmp_path / "h.png")
+    assert Image.open(tmp_path / "h.png").size == (500, 300)
