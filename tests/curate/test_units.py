@@ -49,3 +49,17 @@ def test_histogram_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     _histogram_png({"kept": [0.1, 0.2, 0.5], "dropped": [0.9]}, "score", tmp_path / "h.png")
     assert Image.open(tmp_path / "h.png").size == (500, 300)
+
+
+def test_clip_cut_between_keyframes_is_reencoded_with_its_frames(tmp_path):
+    from megatron_emu3.curate.scenes import write_clip
+    from megatron_emu3.curate.video import probe
+    from tests.media_samples import pan_video
+
+    source = pan_video(tmp_path / "v.mp4", "coffee", frames=16, cuts=("rocket",), keyframes_at_cuts=True)
+    info = probe(source)
+    assert info.keyframes == (0.0, 2.0)
+    assert write_clip(source, tmp_path / "copy.mp4", 2.0, 4.0, info) == "copy"
+    assert write_clip(source, tmp_path / "mid.mp4", 0.5, 2.0, info) == "reencode"
+    copy, mid = probe(tmp_path / "copy.mp4"), probe(tmp_path / "mid.mp4")
+    assert (copy.frames, copy.seconds) == (16, 2.0) and (mid.frames, mid.seconds) == (12, 1.5)
