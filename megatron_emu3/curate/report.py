@@ -117,7 +117,7 @@ def write_report(report: dict, decisions: list[dict], prefix: str) -> dict:
 
 
 def markdown(report: dict, base: Path) -> str:
-    lines = [f"# Curation report", "",
+    lines = ["# Curation report", "",
              f"{report['inputs']['rows']} input rows ({report['inputs']['videos']} videos) from "
              f"{len(report['inputs']['manifests'])} manifest(s): **{report['kept']} kept**, {report['dropped']} dropped.",
              ""]

@@ -11,8 +11,6 @@ Unknown keys are errors, so a typo cannot silently turn a rule off.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +135,6 @@ class Rules:
 
     def content(self) -> dict:
         return dataclasses.asdict(self)
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.content(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _build(cls, data: Any, where: str):

@@ -13,7 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from megatron_emu3.curate.rules import ScenesRule
-from megatron_emu3.curate.video import Probe, _video_error
+from megatron_emu3.curate.video import Probe, video_error
 from megatron_emu3.data.media import MediaError
 
 KEYFRAME_TOLERANCE = 1e-3  # seconds
@@ -63,24 +63,18 @@ def write_clip(src: str | Path, dst: Path, start: float, end: float, info: Probe
         (_copy if method == "copy" else _reencode)(av, str(src), str(tmp), start, end, info)
     except (av.error.FFmpegError, OSError, ValueError) as err:
         tmp.unlink(missing_ok=True)
-        raise _video_error(err) from err
+        raise video_error(err) from err
     os.replace(tmp, dst)
     return method
 
 
-def _first_pts(av, src: str):
-    with av.open(src) as container:
-        stream = container.streams.video[0]
-        return min(f.pts for f in container.decode(stream) if f.pts is not None), stream.time_base
-
-
 def _copy(av, src: str, dst: str, start: float, end: float, info: Probe) -> None:
     """Remux the packets of [start, end), timestamps shifted to start at 0."""
-    first, base = _first_pts(av, src)
-    lo, hi = first + round(start / base), first + round(end / base)
+    lo, hi = info.first_pts + round(start / info.time_base), info.first_pts + round(end / info.time_base)
     with av.open(src) as inp, av.open(dst, mode="w") as out:
         in_stream = inp.streams.video[0]
         out_stream = out.add_stream_from_template(in_stream)
+        inp.seek(lo, stream=in_stream, backward=True)  # the keyframe at or before the start
         for packet in inp.demux(in_stream):
             if packet.pts is None or not lo <= packet.pts < hi:
                 continue
@@ -93,10 +87,11 @@ def _copy(av, src: str, dst: str, start: float, end: float, info: Probe) -> None
 
 def _reencode(av, src: str, dst: str, start: float, end: float, info: Probe) -> None:
     """Decode the frames of [start, end) and encode them as H.264 at the source's frame rate."""
-    first, base = _first_pts(av, src)
+    first, base = info.first_pts, info.time_base
     rate = Fraction(info.fps).limit_denominator(1001)
     with av.open(src) as inp, av.open(dst, mode="w") as out:
         in_stream = inp.streams.video[0]
+        inp.seek(first + round(start / base), stream=in_stream, backward=True)  # the keyframe at or before the start
         stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height = info.width - info.width % 2, info.height - info.height % 2
         stream.pix_fmt = "yuv420p"

@@ -22,9 +22,11 @@ class Probe:
     height: int
     frames: int
     keyframes: tuple[float, ...]  # presentation times (s, from the first frame) of the keyframes
+    first_pts: int = 0  # the first frame's timestamp, in `time_base` units
+    time_base: Fraction = Fraction(1, 1)
 
 
-def _video_error(err: Exception) -> MediaError:
+def video_error(err: Exception) -> MediaError:
     return MediaError(f"video cannot be decoded ({type(err).__name__}: {err}); the file may be truncated or not "
                       "a video; re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)")
 
@@ -40,8 +42,10 @@ def probe(path: str | Path) -> Probe:
                 raise MediaError("the file has no video stream (audio only?); give a video file")
             stream = container.streams.video[0]
             base = stream.time_base or Fraction(1, 1)
-            times, keys = [], []
+            times, keys, pts = [], [], []
             for frame in container.decode(stream):
+                if frame.pts is not None:
+                    pts.append(frame.pts)
                 t = float(frame.pts * base) if frame.pts is not None else len(times) / float(stream.average_rate or 25)
                 times.append(t)
                 if frame.key_frame:
@@ -51,13 +55,13 @@ def probe(path: str | Path) -> Probe:
     except MediaError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as err:
-        raise _video_error(err) from err
+        raise video_error(err) from err
     if not times:
         raise MediaError("the video stream has no decodable frame")
     t0 = min(times)
     fps = rate or (len(times) - 1) / max(max(times) - t0, 1e-6)
     return Probe(round(max(times) - t0 + 1.0 / fps, 6), fps, width, height, len(times),
-                 tuple(sorted(round(k - t0, 6) for k in keys)))
+                 tuple(sorted(round(k - t0, 6) for k in keys)), min(pts) if pts else 0, base)
 
 
 def sample_frames(path: str | Path, times: list[float], short_side: int | None = None,
@@ -87,7 +91,7 @@ def sample_frames(path: str | Path, times: list[float], short_side: int | None =
                 out[wanted[k]] = previous
                 k += 1
     except (av.error.FFmpegError, OSError, ValueError) as err:
-        raise _video_error(err) from err
+        raise video_error(err) from err
     if any(f is None for f in out):
         raise MediaError("the video has no decodable frame")
     return out

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image
+from tests.media_samples import colour_scan, pan_video, save_photo
 
-from tests.media_samples import colour_scan, pan_video, photo, save_photo
 
-# (row, expected): expected is "kept", or the rule that drops it; videos map to one entry per clip.
 def build(root: Path) -> tuple[Path, list[tuple[dict, object]]]:
+    """The media under root/media and root/raw.jsonl; returns (manifest, [(row, expected)]) where
+    expected is "kept" or the rule that drops the row, a list of those per clip for a video."""
     m = root / "media"
     m.mkdir(parents=True, exist_ok=True)
     save_photo(m / "astronaut.jpg", "astronaut")

@@ -61,5 +61,7 @@ def test_clip_cut_between_keyframes_is_reencoded_with_its_frames(tmp_path):
     assert info.keyframes == (0.0, 2.0)
     assert write_clip(source, tmp_path / "copy.mp4", 2.0, 4.0, info) == "copy"
     assert write_clip(source, tmp_path / "mid.mp4", 0.5, 2.0, info) == "reencode"
-    copy, mid = probe(tmp_path / "copy.mp4"), probe(tmp_path / "mid.mp4")
+    assert write_clip(source, tmp_path / "late.mp4", 2.5, 4.0, info) == "reencode"  # seeks to the keyframe at 2 s
+    copy, mid, late = (probe(tmp_path / f"{n}.mp4") for n in ("copy", "mid", "late"))
     assert (copy.frames, copy.seconds) == (16, 2.0) and (mid.frames, mid.seconds) == (12, 1.5)
+    assert (late.frames, late.seconds) == (12, 1.5)
