@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from tests.media_samples import colour_scan, pan_video, save_photo
+from tests.preprocess.corpus import save_audio_only, truncated_copy
 
 
 def build(root: Path) -> tuple[Path, list[tuple[dict, object]]]:
@@ -25,6 +26,9 @@ def build(root: Path) -> tuple[Path, list[tuple[dict, object]]]:
     pan_video(m / "cuts.mp4", "coffee", frames=24, cuts=("rocket", "retina"), keyframes_at_cuts=True)
     pan_video(m / "static.mp4", "coffee", frames=24, speed=0, zoom=0)
     pan_video(m / "fast.mp4", "coffee", frames=24, speed=60, zoom=0)
+    pan_video(m / "short.mp4", "rocket", frames=8)  # 1 s
+    truncated_copy(m / "static.mp4", m / "cut_off.mp4", keep=0.5)
+    save_audio_only(m / "audio.mp4")
     rows = [
         ({"text": "an astronaut", "image": "media/astronaut.jpg"}, "kept"),
         ({"text": "the Hubble deep field", "image": "media/hubble.jpg"}, "kept"),
@@ -39,6 +43,10 @@ def build(root: Path) -> tuple[Path, list[tuple[dict, object]]]:
         ({"text": "three shots", "video": "media/cuts.mp4"}, ["kept", "kept", "kept"]),
         ({"text": "a still camera", "video": "media/static.mp4"}, ["video.motion.static"]),
         ({"text": "a whip pan", "video": "media/fast.mp4"}, ["video.motion.too_fast"]),
+        ({"text": "one second", "video": "media/short.mp4"}, ["video.length.short"]),
+        ({"text": "half a file", "video": "media/cut_off.mp4"}, "input.unreadable"),
+        ({"text": "only sound", "video": "media/audio.mp4"}, "input.unreadable"),
+        ({"text": "   ", "image": "media/astronaut.jpg"}, "input.invalid_row"),
     ]
     manifest = root / "raw.jsonl"
     with open(manifest, "w") as f:
