@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers if args.workers is not None else len(devices)
     if workers < 1 or args.shard_size < 1:
         return _fail("--workers and --shard-size must be at least 1")
+    if any(d.startswith("cuda") for d in devices):
+        import torch
+
+        if not torch.cuda.is_available():
+            return _fail(f"--devices {args.devices} asks for CUDA but torch sees no GPU")
     try:
         rules = load_rules(args.config)
     except RulesError as err:

@@ -166,3 +166,6 @@ def test_unusable_rules_exit_2(tmp_path, capsys, curated):
     bad.write_text("models: {clip_dir: /nowhere}\n")
     assert main(["--input", str(manifest), "--output-prefix", str(tmp_path / "x"), "--config", str(bad)]) == 2
     assert "go together" in capsys.readouterr().err
+    if not __import__("torch").cuda.is_available():
+        assert main(["--input", str(manifest), "--output-prefix", str(tmp_path / "x"), "--devices", "cuda:0"]) == 2
+        assert "torch sees no GPU" in capsys.readouterr().err
