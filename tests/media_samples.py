@@ -100,8 +100,10 @@ def pan_frames(name: str, frames: int, size: tuple[int, int] = (128, 96), speed:
     return out
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 8, crf: int = 18) -> Path:
-    """Encode RGB frames as H.264 (yuv420p) with PyAV; the size must be even."""
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 8, crf: int = 18,
+                keyframes: tuple[int, ...] = ()) -> Path:
+    """Encode RGB frames as H.264 (yuv420p) with PyAV; the size must be even. Frame indices in
+    `keyframes` are forced to be keyframes (as an editor's export puts them at cuts)."""
     import av
 
     h, w = frames[0].shape[:2]
@@ -112,8 +114,11 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 8, crf: int = 1
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": "ultrafast", "crf": str(crf)}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+        for i, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            if i in keyframes:
+                picture.pict_type = av.video.frame.PictureType.I
+            for packet in stream.encode(picture):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -121,11 +126,25 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 8, crf: int = 1
 
 
 def pan_video(path: Path, name: str = "coffee", frames: int = 16, size: tuple[int, int] = (128, 96),
-              fps: int = 8, speed: float = 2.0, zoom: float = 0.1, cuts: tuple[str, ...] = ()) -> Path:
+              fps: int = 8, speed: float = 2.0, zoom: float = 0.1, cuts: tuple[str, ...] = (),
+              keyframes_at_cuts: bool = False) -> Path:
     """An MP4 filming photograph `name` with a moving camera; each name in `cuts` starts a new shot
-    (a hard cut) of another photograph, every shot `frames` frames long."""
+    (a hard cut) of another photograph, every shot `frames` frames long. `keyframes_at_cuts` forces
+    a keyframe on the first frame of every shot (else the encoder places them)."""
     shots = [name, *cuts]
     all_frames = []
     for shot in shots:
         all_frames += pan_frames(shot, frames, size, speed, zoom)
-    return write_video(path, all_frames, fps)
+    keyframes = tuple(range(0, len(all_frames), frames)) if keyframes_at_cuts else ()
+    return write_video(path, all_frames, fps, keyframes=keyframes)
+
+
+def colour_scan(name: str = "page", size: tuple[int, int] | None = None, paper: tuple[int, int, int] = (246, 236, 200),
+                ink: tuple[int, int, int] = (30, 40, 120)) -> Image.Image:
+    """A grey photograph (by default the scanned text page) as a colour scan: dark ink on tinted paper,
+    resized to `size` (w, h) when given. Colourful enough to pass a colour filter, so a text filter is
+    what must catch it."""
+    grey = np.asarray(photo(name).convert("L"), dtype=np.float32)[..., None] / 255.0
+    rgb = np.asarray(ink, np.float32) + grey * (np.asarray(paper, np.float32) - np.asarray(ink, np.float32))
+    img = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+    return img.resize(size, Image.Resampling.BICUBIC) if size is not None else img

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from megatron_emu3.data import media
 from megatron_emu3.preprocess.manifest import ManifestError
-from megatron_emu3.preprocess.plan import slurm_task
+from megatron_emu3.offline.plan import slurm_task
 from megatron_emu3.preprocess.runner import plan_job, run_job, write_report
 from megatron_emu3.preprocess.shards import ShardMismatchError
 from megatron_emu3.preprocess.worker import Settings

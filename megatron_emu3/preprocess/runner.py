@@ -1,9 +1,9 @@
 """Running a preprocessing job: plan, skip complete shards, fan out to worker processes, report.
 
-Each worker is its own process (spawned; one per device on GPU nodes) pulling shard specs from a
-shared queue (a single worker runs in the main process). A worker that dies (killed, segfault, an error outside a row) costs only the shard it
-held: the other workers keep going and their shards stay; the run then exits non-zero naming the
-failed shards, and re-running the same command redoes just those. The report is rebuilt from the
+The worker processes are the shared pool (`offline/pool.py`: spawned, one per device on GPU nodes,
+pulling shard specs from a queue; a single worker runs in the main process). A worker that dies
+costs only the shard it held: the other workers keep going and their shards stay; the run then
+exits non-zero naming the failed shards, and re-running the same command redoes just those. The report is rebuilt from the
 records of all of this task's complete shards, so it is the same after a resume as after one run.
 """
 
@@ -13,16 +13,14 @@ import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
-import queue
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
+from megatron_emu3.offline.plan import ShardSpec, cut_shards, task_shards
+from megatron_emu3.offline.pool import run_shards
 from megatron_emu3.preprocess.manifest import Manifest
-from megatron_emu3.preprocess.plan import ShardSpec, cut_shards, find_duplicates, task_shards
+from megatron_emu3.preprocess.plan import find_duplicates
 from megatron_emu3.preprocess.shards import read_complete, record_path, remove_shard, shard_prefix
 from megatron_emu3.preprocess.worker import Settings, Worker
 
@@ -40,7 +38,6 @@ class Job:
     fingerprints: dict[int, str]
     task_index: int = 0
     task_count: int = 1
-    workers: int = 1
 
 
 def vq_identity(vq_dir: str | None) -> str | None:
@@ -67,27 +64,28 @@ def plan_job(settings: Settings, manifest_paths: list[str], task_index: int, tas
     return Job(settings, list(manifest_paths), shards, duplicates, prints, task_index, task_count), manifests
 
 
-def _worker_main(worker_id: int, device: str, job: Job, tasks, events) -> None:
-    """A worker process: take shard specs until the queue is empty; report progress and results."""
-    logging.basicConfig(level=logging.WARNING, format=f"[worker {worker_id}] %(levelname)s %(message)s")
-    import torch
+class ShardMaker:
+    """Builds, inside a worker, the callable that writes one shard (picklable for spawned workers)."""
 
-    threads = job.settings.threads or max(1, (os.cpu_count() or 1) // max(1, job.workers))
-    torch.set_num_threads(threads)
-    worker = Worker(job.settings, worker_id, device)
-    manifests: dict[int, Manifest] = {}
-    while True:
-        try:
-            spec = tasks.get_nowait()
-        except queue.Empty:
-            break
-        events.put(("start", worker_id, spec.index))
-        if spec.manifest_index not in manifests:
-            manifests[spec.manifest_index] = Manifest(job.manifest_paths[spec.manifest_index])
-        record = worker.process_shard(spec, manifests[spec.manifest_index], job.duplicates,
-                                      job.fingerprints[spec.index],
-                                      progress=lambda n: events.put(("rows", worker_id, n)))
-        events.put(("done", worker_id, spec.index, record["documents_written"]))
+    def __init__(self, job: Job):
+        self.job = job
+
+    def __call__(self, worker_id: int, device: str, workers: int):
+        import torch
+
+        settings = self.job.settings
+        if settings.threads or workers > 1:
+            torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // workers))
+        worker = Worker(settings, worker_id, device)
+        manifests: dict[int, Manifest] = {}
+
+        def process(spec: ShardSpec, progress) -> None:
+            if spec.manifest_index not in manifests:
+                manifests[spec.manifest_index] = Manifest(self.job.manifest_paths[spec.manifest_index])
+            worker.process_shard(spec, manifests[spec.manifest_index], self.job.duplicates,
+                                 self.job.fingerprints[spec.index], progress=progress)
+
+        return process
 
 
 def run_job(job: Job, workers: int, devices: list[str], progress: bool = True) -> dict:
@@ -102,85 +100,12 @@ def run_job(job: Job, workers: int, devices: list[str], progress: bool = True) -
     resumed = len(job.shards) - len(pending)
     if resumed:
         log.info("%d of %d shards already complete; %d to do", resumed, len(job.shards), len(pending))
-    failed: dict[int, str] = {}
-    workers = max(1, min(workers, len(pending)))
-    if pending and workers == 1:
-        _run_here(job, pending, devices[0], progress)
-    elif pending:
-        failed = _fan_out(job, pending, workers, devices, progress)
+    failed = run_shards(pending, ShardMaker(job), workers, devices, progress, desc="preprocess",
+                        name="emu3-preprocess")
     report = build_report(job, prefixes, failed)
     report["shards_resumed"] = resumed
     report["seconds"] = round(time.time() - started, 3)
     return report
-
-
-def _run_here(job: Job, pending: list[ShardSpec], device: str, progress: bool) -> None:
-    """One worker: run in this process (no start-up cost; a crash here ends the run, resumable)."""
-    import torch
-
-    if job.settings.threads:
-        torch.set_num_threads(job.settings.threads)
-    worker = Worker(job.settings, 0, device)
-    manifests: dict[int, Manifest] = {}
-    with tqdm(total=sum(s.num_rows for s in pending), unit="row", desc="preprocess", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for spec in pending:
-            if spec.manifest_index not in manifests:
-                manifests[spec.manifest_index] = Manifest(job.manifest_paths[spec.manifest_index])
-            worker.process_shard(spec, manifests[spec.manifest_index], job.duplicates, job.fingerprints[spec.index],
-                                 progress=bar.update)
-
-
-def _fan_out(job: Job, pending: list[ShardSpec], workers: int, devices: list[str], progress: bool) -> dict[int, str]:
-    ctx = mp.get_context("spawn")
-    tasks, events = ctx.Queue(), ctx.Queue()
-    for spec in pending:
-        tasks.put(spec)
-    job = dataclasses.replace(job, workers=workers)
-    procs = [ctx.Process(target=_worker_main, args=(w, devices[w % len(devices)], job, tasks, events),
-                         name=f"emu3-preprocess-{w}", daemon=False) for w in range(workers)]
-    for p in procs:
-        p.start()
-    held: dict[int, int] = {}  # worker -> shard it is writing
-    done: set[int] = set()
-    failed: dict[int, str] = {}
-    bar = tqdm(total=sum(s.num_rows for s in pending), unit="row", desc="preprocess", disable=not progress,
-               dynamic_ncols=True)
-
-    def handle(event):
-        kind, worker = event[0], event[1]
-        if kind == "start":
-            held[worker] = event[2]
-        elif kind == "rows":
-            bar.update(event[2])
-        elif kind == "done":
-            held.pop(worker, None)
-            done.add(event[2])
-
-    while any(p.is_alive() for p in procs):
-        try:
-            handle(events.get(timeout=0.5))
-        except queue.Empty:
-            pass
-        for w, p in enumerate(procs):
-            if not p.is_alive() and p.exitcode not in (0, None) and w in held:
-                shard = held.pop(w)
-                failed[shard] = f"worker {w} on {devices[w % len(devices)]} died (exit code {p.exitcode}) " \
-                                f"while writing this shard; re-run the same command to redo it"
-    while True:  # events sent just before the last worker exited
-        try:
-            handle(events.get(timeout=0.2))
-        except queue.Empty:
-            break
-    bar.close()
-    for w, p in enumerate(procs):
-        p.join()
-        if p.exitcode != 0 and w in held:
-            failed[held.pop(w)] = f"worker {w} died (exit code {p.exitcode}) while writing this shard; re-run"
-    for spec in pending:
-        if spec.index not in done and spec.index not in failed:
-            failed[spec.index] = "not started: every worker died before reaching it; re-run the same command"
-    return failed
 
 
 def build_report(job: Job, prefixes: dict[int, Path], failed: dict[int, str]) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 from megatron_emu3.data import documents, media
 from megatron_emu3.data.tokens import DocKind
 from megatron_emu3.preprocess.manifest import Manifest, Row, RowError
-from megatron_emu3.preprocess.plan import ShardSpec
+from megatron_emu3.offline.plan import ShardSpec
 from megatron_emu3.preprocess.shards import ShardWriter, shard_prefix
 
 log = logging.getLogger(__name__)

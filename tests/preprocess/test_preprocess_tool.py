@@ -19,7 +19,7 @@ import pytest
 from megatron_emu3.data import documents, media
 from megatron_emu3.preprocess import inspect
 from megatron_emu3.preprocess.cli import main
-from megatron_emu3.preprocess.plan import slurm_task
+from megatron_emu3.offline.plan import slurm_task
 
 from tests.preprocess import corpus
 
