@@ -45,7 +45,8 @@ def main(argv=None) -> None:
     from megatron_emu3.generation.decoding import MegatronLM
     from megatron_emu3.generation.sampling import SamplingConfig
     from megatron_emu3.model.build import build_model
-    from megatron_emu3.parallel.setup import DistEnv, init_distributed
+    from megatron_emu3.parallel.env import DistEnv
+    from megatron_emu3.parallel.setup import init_distributed
 
     total = args.prompt + args.new
     cfg = resolve_config(args.config, ["parallel.tp=1", "parallel.cp=1", "parallel.sequence_parallel=false",
