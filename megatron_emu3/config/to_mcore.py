@@ -91,6 +91,8 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         cross_entropy_loss_fusion=False,
+        # megatron-core still initialises (its init also marks tensor-parallel attributes on the
+        # weights); model/init.py then overwrites every value with the layout-independent draw.
         use_cpu_initialization=not on_gpu,
         **recompute,
     )

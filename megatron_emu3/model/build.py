@@ -4,7 +4,8 @@
 spec is chosen once (`decoder_choice`) and handed back to the caller, whose data feed lays batches
 out in the input format that spec's attention reads (`batch/inputs.py`).
 
-The embedding and output layer have `padded_vocab_size` rows (a multiple that does not depend on the
+Initial weights depend on the seed and each parameter's name only (`model/init.py`), and the
+embedding and output layer have `padded_vocab_size` rows (a multiple that does not depend on the
 tensor-parallel size up to 8, so a seed builds the same model under any layout). Rows past the real
 vocabulary are never used: their logits are masked to -inf on the way out of the output layer, so
 they take part neither in the loss nor in sampling, and the HF export (which trims them) holds
@@ -23,6 +24,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron_emu3.config.schema import Config
 from megatron_emu3.config.to_mcore import transformer_config
 from megatron_emu3.config.validation import padded_vocab_size
+from megatron_emu3.model.init import initialize_parameters
 from megatron_emu3.model.spec import DecoderChoice, decoder_spec
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ def build_model(cfg: Config, choice: DecoderChoice | None = None, vp_stage: int 
         rotary_base=cfg.model.rope_base,
         vp_stage=vp_stage,
     )
+    initialize_parameters(model, cfg.seed, cfg.model.init_std, cfg.model.num_layers,
+                          parallel_state.get_tensor_model_parallel_rank(),
+                          parallel_state.get_tensor_model_parallel_world_size())
     if last:
         mask_padded_vocab(model.output_layer, cfg.model.vocab_size, vocab,
                           parallel_state.get_tensor_model_parallel_rank())

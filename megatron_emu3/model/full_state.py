@@ -24,6 +24,15 @@ def _check_divisible(name: str, size: int, tp: int) -> None:
         raise ValueError(f"{name}: dimension {size} is not divisible by tensor-parallel size {tp}")
 
 
+def split_dim(name: str) -> int | None:
+    """The dimension tensor parallelism splits for parameter `name` (None: replicated)."""
+    if _GATED.search(name) or _ROW_SPLIT.search(name):
+        return 0
+    if _COL_SPLIT.search(name):
+        return 1
+    return None
+
+
 def shard_full_tensor(name: str, full: torch.Tensor, tp_rank: int, tp_size: int) -> torch.Tensor:
     """This TP rank's shard of the full tensor `name`."""
     if tp_size == 1:
@@ -73,7 +82,7 @@ def canonical_name(name: str) -> str:
 _LAYER = re.compile(r"decoder\.layers\.(\d+)\.")
 
 
-def _global_names(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+def full_names(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """Parameters of one model chunk by their full-layout name: a pipeline stage's local layer i is
     named by its global layer number."""
     gpt = model
@@ -89,7 +98,7 @@ def _global_names(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def _named_tensors(model: torch.nn.Module, use_grads: bool):
-    for name, param in _global_names(model).items():
+    for name, param in full_names(model).items():
         if use_grads:
             grad = getattr(param, "main_grad", None)
             if grad is None:
@@ -127,7 +136,7 @@ def gather_full_state(model, tp_group=None, grads: bool = False) -> dict[str, to
 def load_full_state(model: torch.nn.Module, full: dict[str, torch.Tensor], tp_rank: int, tp_size: int) -> None:
     """Copy this rank's shards of `full` into `model` (one chunk: its own layers); names and shapes
     must match exactly."""
-    stripped = _global_names(model)
+    stripped = full_names(model)
     missing = sorted(set(stripped) - set(full))
     if missing:
         raise KeyError(f"full state lacks {len(missing)} parameters, first: {missing[0]}")

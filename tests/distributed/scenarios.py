@@ -62,9 +62,11 @@ def train_save(overrides: list[str], run_dir: str) -> dict:
 
     cfg = resolve_config(RECIPE, overrides + [f"run_dir={run_dir}"])
     run = train(cfg)
-    # logits of the whole sequence need every CP rank's part: compare those runs by parameters only
-    logits = _full_logits(run, cfg.data.seq_length) if cfg.parallel.cp == 1 else None
-    out = {"params": gather_full_state(run.model), "logits": logits}
+    # logits of the whole sequence need every CP rank's part and every pipeline stage: compare those
+    # runs by parameters only
+    single = cfg.parallel.cp == 1 and cfg.parallel.pp == 1
+    logits = _full_logits(run, cfg.data.seq_length) if single else None
+    out = {"params": gather_full_state(run.chunks), "logits": logits}
     destroy_distributed()
     return out
 
@@ -82,10 +84,12 @@ def load_only(overrides: list[str], checkpoint: str, weights_only: bool) -> dict
     run = build_run(cfg)
     try:
         if weights_only:
-            load_model_weights(unwrap(run.model), checkpoint, cfg.model.vocab_size)
+            load_model_weights([unwrap(c) for c in run.chunks], checkpoint, cfg.model.vocab_size)
         else:
             load_checkpoint(run.checkpoint_parts(), checkpoint)
-        out = {"params": gather_full_state(run.model), "logits": _full_logits(run, cfg.data.seq_length),
+        single = cfg.parallel.cp == 1 and cfg.parallel.pp == 1
+        out = {"params": gather_full_state(run.chunks),
+               "logits": _full_logits(run, cfg.data.seq_length) if single else None,
                "step": run.state.step, "consumed": run.state.consumed_samples}
     finally:
         destroy_distributed()

@@ -74,19 +74,41 @@ FULL_VOCAB = ["data.synthetic_vocab=64", "data.seq_length=32", "train.iters=2", 
 
 
 @pytest.mark.parametrize("weights_only", [True, False])
-def test_padded_vocab_differs_between_tp2_and_tp1(tmp_path, weights_only):
-    """184,622 real ids: 184,832 embedding rows at TP 2, 184,704 at TP 1; the real rows carry over."""
+def test_old_tp_dependent_padding_still_loads(tmp_path, weights_only):
+    """Checkpoints from before the layout-independent padding have 184,832 embedding rows (TP 2) or
+    184,704 (TP 1); today's model has 185,344 at any TP. The real 184,622 rows carry over. (Saved here
+    with make_vocab_size_divisible_by=16 x lcm(8, 2) = 128 x TP 1's rule: 184,704 rows.)"""
     run_dir = tmp_path / "run"
-    (saved, _) = run_ranks(2, train_save, FULL_VOCAB + ["parallel.tp=2"], str(run_dir))
+    (saved, _) = run_ranks(2, train_save, FULL_VOCAB + ["parallel.tp=2", "model.make_vocab_size_divisible_by=16"],
+                           str(run_dir))
     (got,) = run_ranks(1, load_only, FULL_VOCAB, str(run_dir / "checkpoints"), weights_only)
     for name, value in saved["params"].items():
         if name.endswith(("word_embeddings.weight", "output_layer.weight")):
-            assert value.shape[0] == 184_832 and got["params"][name].shape[0] == 184_704
+            assert value.shape[0] == 184_704 and got["params"][name].shape[0] == 185_344
             value, other = value[:184_622], got["params"][name][:184_622]
         else:
             other = got["params"][name]
         assert torch.equal(other, value), name
     assert got["step"] == (0 if weights_only else 2)
+
+
+@pytest.mark.parametrize("save_layout,save_ranks,load_layout,load_ranks", [
+    (["parallel.pp=2"], 2, [], 1),
+    (["parallel.pp=2", "parallel.distributed_optimizer=true"], 2, [], 1),
+    ([], 1, ["parallel.pp=2", "parallel.tp=2"], 4),
+    (["parallel.pp=2", "parallel.vpp=2", "model.num_layers=4"], 2,
+     ["parallel.pp=2", "parallel.distributed_optimizer=true", "model.num_layers=4"], 2),
+], ids=["pp2_to_pp1", "pp2_distopt_to_pp1", "pp1_to_pp2xtp2", "vpp2_to_pp2_distopt"])
+def test_pipeline_checkpoints_reshard(tmp_path, save_layout, save_ranks, load_layout, load_ranks):
+    """Model and optimizer saved under one pipeline layout load bit for bit under another (the
+    files hold layer-indexed global tensors), with the train state."""
+    run_dir = tmp_path / "run"
+    saved = run_ranks(save_ranks, train_save, SMALL + save_layout, str(run_dir))[0]
+    for got in run_ranks(load_ranks, load_only, SMALL + load_layout, str(run_dir / "checkpoints"), False):
+        assert set(got["params"]) == set(saved["params"])
+        for name, value in saved["params"].items():
+            assert torch.equal(got["params"][name], value), name
+        assert got["step"] == 3 and got["consumed"] == 24
 
 
 def test_context_parallel_checkpoint_loads_at_tp1(tmp_path):

@@ -68,7 +68,8 @@ LAYOUT_ARGS = ["--config", TINY, "train.iters=3", "checkpoint.save_at_end=false"
     (2, ["parallel.cp=2"]),
     (2, []),  # data parallel 2
     (4, ["parallel.tp=2", "parallel.cp=2"]),
-], ids=["tp2", "cp2", "dp2", "tp2xcp2"])
+    (2, ["parallel.pp=2"]),
+], ids=["tp2", "cp2", "dp2", "tp2xcp2", "pp2"])
 def test_layout_logs_the_same_losses_as_one_rank(tmp_path_factory, ranks, layout_args):
     """The tiny recipe (full 184,622-token vocabulary) gives one rank's losses under any layout: the
     padded vocabulary and the initial weights no longer depend on TP, and padded logits are masked."""
@@ -145,18 +146,21 @@ def _alive(pid: int) -> bool:
 
 
 def test_launcher_sigkill_takes_its_ranks_and_a_live_run_dir_is_refused(tmp_path):
+    """Under pipeline parallelism 2 with dropout on: SIGKILL of torchrun alone takes its ranks, a second
+    launch into the live run's directory is refused, and the relaunch resumes bit for bit."""
     run_dir = tmp_path / "run"
 
-    def args(iters: int) -> list[str]:
-        return ["--config", TINY, f"run_dir={run_dir}", f"train.iters={iters}", "checkpoint.interval=2",
-                "model.vocab_size=512", "optimizer.decay_iters=400"]
+    def args(iters: int, directory: Path = run_dir) -> list[str]:
+        return ["--config", TINY, f"run_dir={directory}", f"train.iters={iters}", "checkpoint.interval=2",
+                "model.vocab_size=512", "optimizer.decay_iters=400", "parallel.pp=2",
+                "model.hidden_dropout=0.1", "model.attention_dropout=0.1"]
 
     proc = _launch("megatron_emu3.train", 2, *args(400))
     _wait_for_step(run_dir, 2, proc)
     ranks = _descendants(proc.pid)
     assert len(ranks) >= 2, ranks
 
-    second = _launch("megatron_emu3.train", 1, *args(400))
+    second = _launch("megatron_emu3.train", 1, *args(400), "parallel.pp=1")  # any launch into the directory
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 2, out[-3000:]
     assert f"run directory {run_dir} is in use by a live run" in out
@@ -172,3 +176,9 @@ def test_launcher_sigkill_takes_its_ranks_and_a_live_run_dir_is_refused(tmp_path
     out = _run("megatron_emu3.train", 2, *args(saved + 2))
     assert f"at step {saved}" in out  # the stale lock of the killed run did not block
     assert (run_dir / "COMPLETE").read_text().strip() == str(saved + 2)
+    straight = tmp_path / "straight"
+    _run("megatron_emu3.train", 2, *args(saved + 2, straight))
+    resumed, want = _records(run_dir), _records(straight)
+    assert sorted(resumed) == list(range(1, saved + 3))
+    for step in want:
+        assert resumed[step]["loss"] == want[step]["loss"], step
