@@ -24,6 +24,7 @@
 #   WHEELS          the wheel folder (default .whl)
 #   SITE            where the wheels are installed (default ${TMPDIR:-/tmp}/emu3_site)
 #   WORK            the steps' own files (default a new folder in ${TMPDIR:-/tmp}); kept afterwards
+#   MAX_STEP_SECONDS  caps every step's time limit (a quick look at a machine; the tests of this script)
 set -euo pipefail
 
 usage() {
@@ -132,6 +133,9 @@ NEEDS_GPU=1 # steps below need CUDA unless set to 0 before them
 step() {
     local id=$1 limit=$2 kind=$3 figures=$4 title=$5
     shift 5
+    if [[ -n ${MAX_STEP_SECONDS:-} ]] && ((limit > MAX_STEP_SECONDS)); then
+        limit=$MAX_STEP_SECONDS
+    fi
     local cmd
     cmd=$(show "$@")
     STEP_NO=$((STEP_NO + 1))
