@@ -9,7 +9,8 @@ DotProductAttention) it times our module and the bare kernel it wraps on one GPU
 backward 2.5x forward (flash-attention's convention); with D documents per sequence the causal
 document-masked work is divided by D. Not a test. Transformer Engine is called as our TE path calls
 it: THD packed documents (`cu_seqlens`) with the padding_causal mask, so it masks documents too.
---json PATH also writes every row there (bench/report.py reads it).
+--json PATH also writes every row there (bench/report.py reads it). A backend that fails at one length
+(out of memory, say) is marked `failed` in its row and the others still run; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 import time
 
 import torch
@@ -72,6 +74,7 @@ def main() -> None:
     write_json(args.json, figures)
     print("| seq | backend | module ms | module TFLOP/s | bare kernel ms | bare TFLOP/s |")
     print("|---|---|---|---|---|---|")
+    failed = []
     for seq in (int(s) for s in args.seqs.split(",")):
         flops = 3.5 * 4 * seq * seq * args.heads * args.dim / 2 / args.docs
         q = torch.randn(seq, 1, args.heads, args.dim, device=device, dtype=dtype, requires_grad=True)
@@ -114,8 +117,18 @@ def main() -> None:
                          lambda: te(qt, kt, vt, cu_seqlens_q=cu32, cu_seqlens_kv=cu32, max_seqlen_q=longest,
                                     max_seqlen_kv=longest).sum().backward(), None))
         for name, module_fn, bare_fn in rows:
-            module_s = _time(module_fn, args.iters)
-            bare_s = _time(bare_fn, args.iters) if bare_fn else None
+            try:
+                module_s = _time(module_fn, args.iters)
+                bare_s = _time(bare_fn, args.iters) if bare_fn else None
+            except (RuntimeError, torch.OutOfMemoryError) as err:  # one kernel's failure costs only its row
+                failed.append(f"{seq:,} {name}: {type(err).__name__}: {str(err).splitlines()[0]}")
+                print(f"| {seq:,} | {name} | failed | - | - | - |")
+                print(f"{seq:,} {name} failed: {err}", file=sys.stderr)
+                figures["rows"].append({"seq": seq, "backend": name, "error": failed[-1]})
+                write_json(args.json, figures)
+                if cuda:
+                    torch.cuda.empty_cache()
+                continue
             bare = f"{bare_s * 1e3:.1f} | {flops / bare_s / 1e12:.2f}" if bare_s else "- | -"
             print(f"| {seq:,} | {name} | {module_s * 1e3:.1f} | {flops / module_s / 1e12:.2f} | {bare} |")
             figures["rows"].append({"seq": seq, "backend": name, "module_ms": module_s * 1e3,
@@ -123,6 +136,9 @@ def main() -> None:
                                     "bare_ms": bare_s * 1e3 if bare_s else None,
                                     "bare_tflops": flops / bare_s / 1e12 if bare_s else None})
             write_json(args.json, figures)  # after every row: a run stopped at its time limit keeps what it measured
+        del q, k, v, rows
+    if failed:
+        sys.exit(f"{len(failed)} row(s) failed: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

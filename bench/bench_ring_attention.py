@@ -8,7 +8,8 @@ c ranks use c cores, so with c <= cores the ideal ring time is SDPA / c (plus co
 
 --device cuda: one GPU, bf16, CP size 1 only (no ranks: the ring's own block plan, tiling and
 online softmax against torch's kernels), reference SDPA with `is_causal` for one document (the
-flash kernel training uses) and with the causal + same-document mask for several.
+flash kernel training uses) and with the causal + same-document mask for several (K/V repeated to
+every query head first: SDPA's GQA with a mask would fall back to the math kernel).
 
     .venv/bin/python bench/bench_ring_attention.py --seq 1024,2048,4096 --cp 1,2 --docs 1,8
     python bench/bench_ring_attention.py --device cuda --seq 32768 --cp 1 --docs 1,8 --heads 32 --groups 8 \
@@ -78,13 +79,18 @@ def single_device_ms(case, iters: int, device: str, dtype: torch.dtype) -> tuple
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     allowed = None if docs == 1 else ~document_attention_mask(segments)
+    # With a mask, SDPA's GQA falls back to the math kernel ([heads, s, s] scores: 64 GiB at 32k), so
+    # the masked reference gets K/V repeated to every query head beforehand (the same FLOPs).
+    ks, vs = (k, v) if allowed is None else (t.detach().repeat_interleave(q.shape[1] // k.shape[1], 1).requires_grad_()
+                                             for t in (k, v))
 
     def ring_step():
         torch.autograd.grad(ring_attention(q, k, v, segments, None), (q, k, v), grad)
 
     def sdpa_step():
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=allowed is None, enable_gqa=True)
-        torch.autograd.grad(out, (q, k, v), grad)
+        out = F.scaled_dot_product_attention(q, ks, vs, attn_mask=allowed, is_causal=allowed is None,
+                                             enable_gqa=allowed is None)
+        torch.autograd.grad(out, (q, ks, vs), grad)
 
     return 1e3 * _time(ring_step, iters, sync), 1e3 * _time(sdpa_step, iters, sync)
 

@@ -130,13 +130,18 @@ def summarise(step: Step) -> str:
         if not rows:
             return "no rows"
         longest = max(r["seq"] for r in rows)
-        return "; ".join(f"{r['backend']} {r['module_tflops']:.3g}" + (
-            f" (bare {r['bare_tflops']:.3g})" if r.get("bare_tflops") else "") for r in rows if r["seq"] == longest
-                         ) + f" TFLOP/s at {longest:,}"
+        return f"at {longest:,}: " + "; ".join(attention_cell(r) for r in rows if r["seq"] == longest)
     if step.kind == "ring":
         return "; ".join(f"S {r['seq']:,} docs {r['docs']}: SDPA {r['sdpa_ms']:.1f} ms, " + ", ".join(
             f"ring c={c} {ms:.1f} ms" for c, ms in r["ring_ms"].items()) for r in f.get("rows", []))
     return ""
+
+
+def attention_cell(row: dict) -> str:
+    if row.get("error"):
+        return f"{row['backend']} failed"
+    bare = f" (bare {row['bare_tflops']:.3g})" if row.get("bare_tflops") else ""
+    return f"{row['backend']} {row['module_tflops']:.3g} TFLOP/s{bare}"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -190,9 +195,10 @@ def attention_section(steps: list[Step]) -> str:
         if s.kind != "attention" or not s.figures:
             continue
         f = s.figures
-        rows = [[f"{r['seq']:,}", r["backend"], f"{r['module_ms']:.1f}", f"{r['module_tflops']:.1f}",
-                 fmt(r.get("bare_ms")), fmt(r.get("bare_tflops")),
-                 fmt(r["module_tflops"] / r["bare_tflops"] if r.get("bare_tflops") else None, ".0%")]
+        rows = [[f"{r['seq']:,}", r["backend"], "failed", r["error"].replace("|", "/"), "-", "-", "-"] if r.get("error")
+                else [f"{r['seq']:,}", r["backend"], f"{r['module_ms']:.1f}", f"{r['module_tflops']:.1f}",
+                      fmt(r.get("bare_ms")), fmt(r.get("bare_tflops")),
+                      fmt(r["module_tflops"] / r["bare_tflops"] if r.get("bare_tflops") else None, ".0%")]
                 for r in f.get("rows", [])]
         parts.append(f"### {s.title}\n\n{f.get('device')}, {f.get('dtype')}, heads {f.get('heads')}/"
                      f"{f.get('kv_heads')}, dim {f.get('dim')}, {f.get('docs')} document(s) per sequence; "

@@ -60,8 +60,8 @@ def test_report_of_recorded_steps(work, tmp_path):
     assert rows[3][4] == (f"{train['step_ms']:.0f} ms, {train['tokens_per_s']:,.0f} tokens/s, "
                           f"{train['model_tflops']:.3g} TFLOP/s, MFU {train['mfu']:.1%}")
     longest = [r for r in attention["rows"] if r["seq"] == 512]
-    assert rows[4][4] == "; ".join(f"{r['backend']} {r['module_tflops']:.3g} (bare {r['bare_tflops']:.3g})"
-                                   for r in longest) + " TFLOP/s at 512"
+    assert rows[4][4] == "at 512: " + "; ".join(f"{r['backend']} {r['module_tflops']:.3g} TFLOP/s (bare "
+                                                f"{r['bare_tflops']:.3g})" for r in longest)
     assert rows[5][4].startswith(f"S 256 docs 1: SDPA {ring['rows'][0]['sdpa_ms']:.1f} ms, ring c=1 ")
 
     md = (out_dir / "device_run.md").read_text()
@@ -144,3 +144,15 @@ def test_pytest_junit_counts(work, tmp_path):
     assert figures["skipped_tests"][0]["reason"] == "no CUDA here"
     md = (out_dir / "device_run.md").read_text()
     assert "- **failure** test_mixed::test_fails: " in md and "- skipped test_mixed::test_skips: no CUDA here" in md
+
+
+def test_a_failed_attention_row_is_shown_as_failed(work, tmp_path):
+    figures = json.loads((work / "attention.json").read_text())
+    figures["rows"].append({"seq": 512, "backend": "torch varlen", "error": "512 torch varlen: OutOfMemoryError: CUDA"})
+    (work / "attention.json").write_text(json.dumps(figures))
+    out_dir = tmp_path / "out"
+    rows = table(report(work, out_dir).stdout, SUMMARY)
+    assert rows[4][4].startswith("at 512: torch SDPA ") and rows[4][4].endswith("; torch varlen failed")
+    md_rows = table((out_dir / "device_run.md").read_text(),
+                    "| seq | backend | module ms | module TFLOP/s | bare ms | bare TFLOP/s | module / bare |")
+    assert md_rows[-1] == ["512", "torch varlen", "failed", "512 torch varlen: OutOfMemoryError: CUDA", "-", "-", "-"]
