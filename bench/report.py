@@ -240,7 +240,7 @@ def step_section(step: Step) -> str:
         text += f"\nfigures: {step.figures_error}\n"
     if step.stdout.strip():
         text += f"\nstdout (last {TAIL_LINES} lines):\n\n```text\n{tail(step.stdout)}\n```\n"
-    if step.status != "ok" and step.stderr.strip():
+    if (step.status != "ok" or not step.stdout.strip()) and step.stderr.strip():  # failures, and programs that log
         text += f"\nstderr (last {TAIL_LINES} lines):\n\n```text\n{tail(step.stderr)}\n```\n"
     return text
 
