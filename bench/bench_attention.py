@@ -1,6 +1,7 @@
 """Attention forward+backward TFLOP/s per backend at long sequence lengths, against the bare kernel.
 
     python bench/bench_attention.py [--seqs 8192,32768,131072] [--docs 1] [--heads 32 --kv-heads 8 --dim 128]
+                                    [--json PATH]
 
 For each available backend (torch SDPA module, torch varlen module, flash-attn varlen module, Transformer Engine
 DotProductAttention) it times our module and the bare kernel it wraps on one GPU (bf16) or the CPU
@@ -8,12 +9,16 @@ DotProductAttention) it times our module and the bare kernel it wraps on one GPU
 backward 2.5x forward (flash-attention's convention); with D documents per sequence the causal
 document-masked work is divided by D. Not a test. Transformer Engine is called as our TE path calls
 it: THD packed documents (`cu_seqlens`) with the padding_causal mask, so it masks documents too.
+--json PATH also writes every row there (bench/report.py reads it). A backend that fails at one length
+(out of memory, say) is marked `failed` in its row and the others still run; the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import sys
 import time
 
 import torch
@@ -32,6 +37,12 @@ def _time(fn, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
+def write_json(path: str | None, figures: dict) -> None:
+    if path:
+        with open(path, "w") as handle:
+            json.dump(figures, handle, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seqs", default="8192,32768,131072")
@@ -40,6 +51,7 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     from megatron.core.transformer import TransformerConfig
     from megatron.core.transformer.enums import AttnMaskType
@@ -56,10 +68,15 @@ def main() -> None:
     cfg = TransformerConfig(num_layers=1, hidden_size=args.heads * args.dim, num_attention_heads=args.heads,
                             num_query_groups=args.kv_heads, attention_dropout=0.0, hidden_dropout=0.0,
                             bf16=cuda, params_dtype=dtype)
-    print(f"device {torch.cuda.get_device_name() if cuda else 'CPU'} | torch {torch.__version__} | {dtype} | "
+    device_name = torch.cuda.get_device_name() if cuda else "CPU"
+    print(f"device {device_name} | torch {torch.__version__} | {dtype} | "
           f"heads {args.heads}/{args.kv_heads} dim {args.dim} | docs per sequence {args.docs}")
+    figures = {"device": device_name, "torch": torch.__version__, "dtype": str(dtype), "heads": args.heads,
+               "kv_heads": args.kv_heads, "dim": args.dim, "docs": args.docs, "rows": []}
+    write_json(args.json, figures)
     print("| seq | backend | module ms | module TFLOP/s | bare kernel ms | bare TFLOP/s |")
     print("|---|---|---|---|---|---|")
+    failed = []
     for seq in (int(s) for s in args.seqs.split(",")):
         flops = 3.5 * 4 * seq * seq * args.heads * args.dim / 2 / args.docs
         q = torch.randn(seq, 1, args.heads, args.dim, device=device, dtype=dtype, requires_grad=True)
@@ -102,10 +119,28 @@ def main() -> None:
                          lambda: te(qt, kt, vt, cu_seqlens_q=cu32, cu_seqlens_kv=cu32, max_seqlen_q=longest,
                                     max_seqlen_kv=longest).sum().backward(), None))
         for name, module_fn, bare_fn in rows:
-            module_s = _time(module_fn, args.iters)
-            bare_s = _time(bare_fn, args.iters) if bare_fn else None
+            try:
+                module_s = _time(module_fn, args.iters)
+                bare_s = _time(bare_fn, args.iters) if bare_fn else None
+            except (RuntimeError, torch.OutOfMemoryError) as err:  # one kernel's failure costs only its row
+                failed.append(f"{seq:,} {name}: {type(err).__name__}: {str(err).splitlines()[0]}")
+                print(f"| {seq:,} | {name} | failed | - | - | - |")
+                print(f"{seq:,} {name} failed: {err}", file=sys.stderr)
+                figures["rows"].append({"seq": seq, "backend": name, "error": failed[-1]})
+                write_json(args.json, figures)
+                if cuda:
+                    torch.cuda.empty_cache()
+                continue
             bare = f"{bare_s * 1e3:.1f} | {flops / bare_s / 1e12:.2f}" if bare_s else "- | -"
             print(f"| {seq:,} | {name} | {module_s * 1e3:.1f} | {flops / module_s / 1e12:.2f} | {bare} |")
+            figures["rows"].append({"seq": seq, "backend": name, "module_ms": module_s * 1e3,
+                                    "module_tflops": flops / module_s / 1e12,
+                                    "bare_ms": bare_s * 1e3 if bare_s else None,
+                                    "bare_tflops": flops / bare_s / 1e12 if bare_s else None})
+            write_json(args.json, figures)  # after every row: a run stopped at its time limit keeps what it measured
+        del q, k, v, rows
+    if failed:
+        sys.exit(f"{len(failed)} row(s) failed: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

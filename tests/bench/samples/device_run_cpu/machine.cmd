@@ -1,0 +1,1 @@
+python bench/machine_info.py --json WORK/machine.json

@@ -1,0 +1,1 @@
+python bench/bench_train_step.py --layers 1 --seq 128 --steps 1 model.hidden_size=128 model.ffn_hidden_size=256 model.num_attention_heads=4 model.num_query_groups=2 --json WORK/train.json parallel.attention_backend=sdpa run_dir=WORK/trs
