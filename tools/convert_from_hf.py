@@ -1,10 +1,10 @@
 """Import a Hugging Face Emu3 checkpoint (e.g. a released stage-1 model) to start training from it.
 
-    python tools/convert_from_hf.py --hf DIR --output runs/init/checkpoints [--tp 2] [--recipe R] [--verify]
+    python tools/convert_from_hf.py --hf DIR --output runs/init/checkpoints [--tp 2] [--pp 2] [--recipe R] [--verify]
 
 Writes a model-only checkpoint (iter_0000000 + latest) in megatron-core's layout-independent format
-(load it from any layout with checkpoint.load_weights_from=OUTPUT); --tp/--cp record the layout in its
-config.yaml. --verify runs transformers' model and ours on the same random tokens, prints the largest
+(load it from any layout with checkpoint.load_weights_from=OUTPUT: tensors are stored by global layer,
+so any tensor or pipeline split reads it); --tp/--cp/--pp record the layout in its config.yaml. --verify runs transformers' model and ours on the same random tokens, prints the largest
 logit difference and exits 1 above --tolerance (default 1e-4, fp32 maths).
 """
 
@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", help="recipe whose non-model settings the saved config.yaml takes")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--cp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=1, help="pipeline stages recorded in config.yaml")
     parser.add_argument("--vocab-size", type=int, help="expected vocabulary (checked against the HF config)")
     parser.add_argument("--verify", action="store_true")
     parser.add_argument("--tolerance", type=float, default=1e-4)
@@ -34,7 +35,8 @@ def main(argv=None) -> int:
 
     try:
         cfg, gpt, path = import_from_hf(args.hf, args.output, args.recipe,
-                                        [f"parallel.tp={args.tp}", f"parallel.cp={args.cp}"], args.vocab_size)
+                                        [f"parallel.tp={args.tp}", f"parallel.cp={args.cp}",
+                                                                  f"parallel.pp={args.pp}"], args.vocab_size)
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"convert_from_hf: {err}", file=sys.stderr)
         return 2

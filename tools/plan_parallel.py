@@ -11,11 +11,26 @@ import argparse
 import sys
 
 from megatron_emu3.config.loading import ConfigError, resolve_config
-from megatron_emu3.parallel.planner import GIB, Layout, memory_per_gpu, model_flops_per_token, suggest
+from megatron_emu3.parallel.planner import (GIB, Layout, memory_per_gpu, micro_batches_per_step, model_flops_per_token,
+                                            pipeline_bubble, suggest)
 
 
 def _fmt(mem: dict) -> str:
-    return " ".join(f"{k} {mem[k] / GIB:6.1f}" for k in ("weights", "grads", "optimizer", "activations", "logits", "total"))
+    parts = " ".join(f"{k} {mem[k] / GIB:6.1f}" for k in ("weights", "grads", "optimizer", "activations", "logits", "total"))
+    if len(mem["stages"]) > 1:
+        parts += " | stages " + " ".join(f"{t / GIB:.1f}" for t in mem["stages"])
+    return parts
+
+
+def _describe(cfg, layout: Layout) -> str:
+    text = f"tp {layout.tp} cp {layout.cp} pp {layout.pp}"
+    if layout.vpp:
+        text += f" vpp {layout.vpp}"
+    text += f" dp {layout.dp} recompute {layout.recompute}"
+    if layout.pp > 1:
+        bubble = pipeline_bubble(layout.pp, layout.vpp, micro_batches_per_step(cfg, layout))
+        text += f" (pipeline bubble {bubble:.1%})"
+    return text
 
 
 def main(argv=None) -> int:
@@ -38,18 +53,22 @@ def main(argv=None) -> int:
           f"global batch {cfg.data.global_batch_size}, {gpus} GPUs x {gpu_mem:g} GiB")
     print(f"model FLOPs per token: {flops / 1e9:.1f} GFLOP (6 x matmul params + attention, causal counted as half)")
     p = cfg.parallel
-    current = Layout(p.tp, p.cp, gpus // (p.tp * p.cp * p.pp), p.recompute, p.distributed_optimizer, p.sequence_parallel)
-    print(f"recipe layout tp {p.tp} cp {p.cp} dp {current.dp} recompute {p.recompute}: GiB per GPU "
-          f"{_fmt(memory_per_gpu(cfg, current))}")
+    current = Layout(p.tp, p.cp, gpus // (p.tp * p.cp * p.pp), p.recompute, p.distributed_optimizer, p.sequence_parallel,
+                     p.pp, p.vpp)
+    print(f"recipe layout {_describe(cfg, current)}: GiB per GPU {_fmt(memory_per_gpu(cfg, current))}")
     best, rows = suggest(cfg, gpus, cfg.launch.gpus_per_node, gpu_mem)
     if args.all:
         for layout, mem in sorted(rows, key=lambda r: r[1]["total"]):
-            print(f"  tp {layout.tp} cp {layout.cp:2d} dp {layout.dp:3d} {layout.recompute:9s} {_fmt(mem)}")
+            print(f"  {_describe(cfg, layout)}: {_fmt(mem)}")
     if best is None:
         print(f"no layout fits {gpu_mem:g} GiB: add GPUs, lower the micro batch or the sequence length")
         return 1
-    print(f"suggested: parallel.tp={best.tp} parallel.cp={best.cp} (dp {best.dp}) parallel.recompute={best.recompute} "
-          f"parallel.sequence_parallel={str(best.sequence_parallel).lower()} parallel.distributed_optimizer=true")
+    pipeline = f" parallel.pp={best.pp}" + (f" parallel.vpp={best.vpp}" if best.vpp else "")
+    print(f"suggested: parallel.tp={best.tp} parallel.cp={best.cp}{pipeline} (dp {best.dp}) "
+          f"parallel.recompute={best.recompute} parallel.sequence_parallel={str(best.sequence_parallel).lower()} "
+          f"parallel.distributed_optimizer=true")
+    if best.pp > 1:
+        print(f"  {_describe(cfg, best)}")
     print(f"  GiB per GPU {_fmt(memory_per_gpu(cfg, best))}")
     return 0
 

@@ -10,6 +10,11 @@ Pure arithmetic over the config (no torch). Conventions, stated wherever a numbe
   14 h + 4 h_kv + 6 f bytes (norm inputs, QKV, attention output, MLP in/out, SwiGLU halves, dropout
   masks), divided by tp with sequence parallelism and by cp; full recompute keeps only each layer's
   input (2 h) plus one layer's working set; logits cost 6 B x vocab / tp per token (bf16 + fp32 CE).
+- pipeline parallelism: every stage is planned on its own (its layers; the embedding on the first,
+  the output layer, final norm and logits on the last) and the worst stage is the GPU's figure.
+  Under 1F1B stage i keeps the activations of pp - i micro-batches in flight; interleaving (vpp
+  virtual stages) multiplies that by 1 + (pp - 1) / (pp x vpp) (Megatron-LM's estimate). The pipeline
+  bubble, idle time over compute, is (pp - 1) / (vpp x micro-batches per step).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_emu3.config.schema import Config
-from megatron_emu3.config.validation import padded_vocab_size
+from megatron_emu3.config.validation import padded_vocab_size, stage_layers
 from megatron_emu3.model.params import count_parameters
 
 GIB = 2**30
@@ -31,6 +36,17 @@ class Layout:
     recompute: str  # none | selective | full
     distributed_optimizer: bool = True
     sequence_parallel: bool = True
+    pp: int = 1
+    vpp: int | None = None
+
+
+def pipeline_bubble(pp: int, vpp: int | None, micro_batches: int) -> float:
+    """Idle fraction of a pipeline step relative to its compute: (pp - 1) / (vpp x micro-batches)."""
+    return (pp - 1) / ((vpp or 1) * micro_batches)
+
+
+def micro_batches_per_step(cfg: Config, layout: Layout, micro_batch_size: int | None = None) -> int:
+    return cfg.data.global_batch_size // ((micro_batch_size or cfg.data.micro_batch_size) * layout.dp)
 
 
 def model_flops_per_token(cfg: Config, seq_len: int | None = None) -> float:
@@ -49,60 +65,106 @@ def activation_bytes_per_token_per_layer(cfg: Config) -> float:
 
 
 def memory_per_gpu(cfg: Config, layout: Layout, micro_batch_size: int | None = None) -> dict[str, float]:
-    """Bytes per GPU by part for `layout` (weights, grads, optimizer, activations, logits, total)."""
+    """Bytes per GPU by part for `layout` (weights, grads, optimizer, activations, logits, total) on
+    its fullest pipeline stage; ``stages`` lists every stage's total."""
+    stages = memory_per_stage(cfg, layout, micro_batch_size)
+    worst = max(stages, key=lambda mem: mem["total"])
+    return {**worst, "stages": [mem["total"] for mem in stages]}
+
+
+def memory_per_stage(cfg: Config, layout: Layout, micro_batch_size: int | None = None) -> list[dict[str, float]]:
+    """Bytes per GPU by part for every pipeline stage of `layout`."""
     m = cfg.model
     mbs = micro_batch_size or cfg.data.micro_batch_size
     vocab = padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, layout.tp)
-    params = count_parameters(m, vocab)["total"] / layout.tp
-    weights = 2 * params
-    grads = 4 * params
-    optimizer = 12 * params / (layout.dp * layout.cp if layout.distributed_optimizer else 1)
+    counts = count_parameters(m, vocab)
+    embedding = vocab * m.hidden_size
+    output = counts["embeddings"] - embedding + counts["final_norm"]
+    layers = stage_layers(_with_pipeline(cfg, layout))
     tokens_local = mbs * cfg.data.seq_length / layout.cp
     per_layer = activation_bytes_per_token_per_layer(cfg) * tokens_local / (layout.tp if layout.sequence_parallel else 1)
-    if layout.recompute == "full":
-        activations = m.num_layers * 2 * m.hidden_size * tokens_local / layout.tp + per_layer
-    else:
-        activations = m.num_layers * per_layer
-        if layout.recompute == "none":
-            # attention output of the core kernel is kept twice without recompute (input + output)
-            activations += m.num_layers * 2 * m.hidden_size * tokens_local / layout.tp
-    logits = 6 * vocab / layout.tp * tokens_local
-    total = weights + grads + optimizer + activations + logits
-    return {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations,
-            "logits": logits, "total": total}
+    out = []
+    for stage, n_layers in enumerate(layers):
+        first, last = stage == 0, stage == len(layers) - 1
+        params = (n_layers * counts["per_layer"] + first * embedding + last * output) / layout.tp
+        weights = 2 * params
+        grads = 4 * params
+        optimizer = 12 * params / (layout.dp * layout.cp if layout.distributed_optimizer else 1)
+        if layout.recompute == "full":
+            one_micro_batch = n_layers * 2 * m.hidden_size * tokens_local / layout.tp + per_layer
+        else:
+            one_micro_batch = n_layers * per_layer
+            if layout.recompute == "none":
+                # attention output of the core kernel is kept twice without recompute (input + output)
+                one_micro_batch += n_layers * 2 * m.hidden_size * tokens_local / layout.tp
+        in_flight = 1.0
+        if layout.pp > 1:
+            in_flight = min(layout.pp - stage, micro_batches_per_step(cfg, layout, mbs))
+            if layout.vpp:
+                in_flight *= 1 + (layout.pp - 1) / (layout.pp * layout.vpp)
+        activations = one_micro_batch * in_flight
+        logits = 6 * vocab / layout.tp * tokens_local if last else 0.0
+        total = weights + grads + optimizer + activations + logits
+        out.append({"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations,
+                    "logits": logits, "total": total, "layers": n_layers})
+    return out
+
+
+def _with_pipeline(cfg: Config, layout: Layout) -> Config:
+    """`cfg` with the layout's pipeline size (the recipe's first/last stage split kept when it fits)."""
+    import dataclasses
+
+    p = cfg.parallel
+    keep = layout.pp == p.pp
+    parallel = dataclasses.replace(p, pp=layout.pp, vpp=layout.vpp,
+                                   first_stage_layers=p.first_stage_layers if keep else None,
+                                   last_stage_layers=p.last_stage_layers if keep else None)
+    return dataclasses.replace(cfg, parallel=parallel)
 
 
 def candidate_layouts(cfg: Config, world_size: int, gpus_per_node: int) -> list[Layout]:
-    """Every valid layout: tp within a node dividing heads/KV heads, seq divisible by 2*cp."""
+    """Every valid layout: tp within a node dividing heads/KV heads, seq divisible by 2*cp, pp dividing
+    the layers (with 2 virtual stages when they divide too and the step has micro-batches enough)."""
     m = cfg.model
     out = []
     for tp in (1, 2, 4, 8):
         if tp > gpus_per_node or m.num_attention_heads % tp or (m.num_query_groups % tp and tp % m.num_query_groups):
             continue
         for cp in (1, 2, 4, 8, 16, 32):
-            if world_size % (tp * cp) or (cp > 1 and cfg.data.seq_length % (2 * cp)):
+            if cp > 1 and cfg.data.seq_length % (2 * cp):
                 continue
-            dp = world_size // (tp * cp)
-            if cfg.data.global_batch_size % (cfg.data.micro_batch_size * dp):
-                continue
-            for recompute in ("none", "selective", "full"):
-                out.append(Layout(tp, cp, dp, recompute, sequence_parallel=tp > 1))
+            for pp in (1, 2, 4, 8, 16):
+                if world_size % (tp * cp * pp) or m.num_layers % pp:
+                    continue
+                dp = world_size // (tp * cp * pp)
+                if cfg.data.global_batch_size % (cfg.data.micro_batch_size * dp):
+                    continue
+                micro_batches = cfg.data.global_batch_size // (cfg.data.micro_batch_size * dp)
+                vpps = [None] + ([2] if pp > 1 and m.num_layers % (2 * pp) == 0 and micro_batches >= pp else [])
+                for vpp in vpps:
+                    for recompute in ("none", "selective", "full"):
+                        out.append(Layout(tp, cp, dp, recompute, sequence_parallel=tp > 1, pp=pp, vpp=vpp))
     return out
+
+
+def relative_cost(cfg: Config, layout: Layout) -> float:
+    """Step time relative to an ideal layout: full recompute reruns the forward (~+33%), selective
+    recompute only the core attention (~+2%); each extra TP rank adds exposed all-gather/reduce-scatter
+    (~5%), each extra CP rank a little exposed ring traffic (~2%, mostly overlapped with attention
+    compute); pipeline parallelism adds its bubble and ~2% per stage boundary of exposed P2P."""
+    recompute_cost = {"none": 0, "selective": 0.02, "full": 0.33}
+    bubble = pipeline_bubble(layout.pp, layout.vpp, micro_batches_per_step(cfg, layout))
+    return (recompute_cost[layout.recompute] + 0.05 * (layout.tp - 1) + 0.02 * (layout.cp - 1) + bubble
+            + 0.02 * (layout.pp - 1))
 
 
 def suggest(cfg: Config, world_size: int, gpus_per_node: int, gpu_memory_gib: float,
             headroom: float = 0.85) -> tuple[Layout | None, list[tuple[Layout, dict]]]:
-    """The cheapest layout that fits `headroom` of GPU memory, and all candidates with their memory.
-
-    Relative step-time costs: full recompute reruns the forward (~+33%), selective recompute only the
-    core attention (~+2%); each extra TP rank adds exposed all-gather/reduce-scatter (~5%), each extra
-    CP rank a little exposed ring traffic (~2%, mostly overlapped with attention compute).
-    """
-    recompute_cost = {"none": 0, "selective": 0.02, "full": 0.33}
+    """The cheapest layout (`relative_cost`) that fits `headroom` of GPU memory on every stage, and all
+    candidates with their memory."""
     rows = [(layout, memory_per_gpu(cfg, layout)) for layout in candidate_layouts(cfg, world_size, gpus_per_node)]
     fitting = [(l, mem) for l, mem in rows if mem["total"] <= headroom * gpu_memory_gib * GIB]
     if not fitting:
         return None, rows
-    best = min(fitting, key=lambda item: recompute_cost[item[0].recompute] + 0.05 * (item[0].tp - 1)
-               + 0.02 * (item[0].cp - 1))
+    best = min(fitting, key=lambda item: relative_cost(cfg, item[0]))
     return best[0], rows

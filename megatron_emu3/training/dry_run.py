@@ -14,8 +14,10 @@ from megatron_emu3.config.validation import (
     data_parallel_size,
     num_micro_batches,
     padded_vocab_size,
+    stage_layers,
     validate_config,
 )
+from megatron_emu3.parallel.planner import pipeline_bubble
 from megatron_emu3.model.params import count_parameters
 
 
@@ -43,8 +45,19 @@ def dry_run(cfg: Config, world_size: int | None = None) -> str:
         f"world {world} = tp {p.tp} x cp {p.cp} x pp {p.pp} x dp {dp}",
         f"sequence parallel {p.sequence_parallel} | distributed optimizer {p.distributed_optimizer} | "
         f"recompute {p.recompute} | attention {p.attention_backend}",
+        _pipeline_line(cfg, num_micro_batches(cfg, world)),
         f"global batch {cfg.data.global_batch_size} = micro batch {cfg.data.micro_batch_size} x dp {dp} x "
         f"{num_micro_batches(cfg, world)} micro-batches; {cfg.data.global_batch_size * cfg.data.seq_length:,} "
         f"tokens per step at seq {cfg.data.seq_length:,}",
     ]
     return "\n".join(lines)
+
+
+def _pipeline_line(cfg: Config, micro_batches: int) -> str:
+    p = cfg.parallel
+    if p.pp == 1:
+        return "pipeline: 1 stage (all layers, embedding and output layer on every rank)"
+    layers = stage_layers(cfg)
+    chunks = f", {p.vpp} virtual stages per rank (interleaved 1F1B)" if p.vpp else " (1F1B)"
+    return (f"pipeline: {p.pp} stages x layers {layers}{chunks}; the first holds the embedding, the last the "
+            f"output layer; bubble (pp-1)/(vpp x micro-batches) = {pipeline_bubble(p.pp, p.vpp, micro_batches):.1%}")

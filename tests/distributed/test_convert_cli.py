@@ -119,3 +119,20 @@ def test_missing_checkpoint_is_refused(tmp_path):
     proc = _run("tools/convert_to_hf.py", "--checkpoint", str(tmp_path / "none"), "--output", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert "no complete checkpoint" in proc.stderr
+
+
+def test_export_of_a_pipeline_checkpoint_verifies(tmp_path):
+    """A checkpoint trained under PP=2 (torchrun) exports to HF in one process and passes --verify;
+    the same one-process loader serves tools/generate.py."""
+    from tests.distributed.launcher import free_port
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+                           f"--master-port={free_port()}", "-m", "megatron_emu3.train", "--config", TINY,
+                           f"run_dir={run_dir}", "train.iters=2", "model.vocab_size=512", "optimizer.warmup_iters=1",
+                           "parallel.pp=2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run("tools/convert_to_hf.py", "--checkpoint", str(run_dir / "checkpoints"), "--output",
+                str(tmp_path / "hf"), "--verify", "--dtype", "fp32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "verify: max |logit difference|" in proc.stdout

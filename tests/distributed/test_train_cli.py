@@ -41,6 +41,10 @@ def test_dry_run_reports_8b_count_without_building():
     assert "parameters (unpadded vocab 184,622): 8,492,011,520" in proc.stdout
     assert "padded vocab (multiple of 128 x lcm(8, tp 4), masked): 185,344" in proc.stdout
     assert "world 128 = tp 4 x cp 4 x pp 1 x dp 8" in proc.stdout
+    proc = _run("-m", "megatron_emu3.train", "--config", str(REPO / "examples/recipes/emu3_8b_stage1.yaml"),
+                "--dry-run", "parallel.pp=4", "parallel.first_stage_layers=7", "parallel.last_stage_layers=7")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pipeline: 4 stages x layers [7, 9, 9, 7] (1F1B)" in proc.stdout and "bubble" in proc.stdout
 
 
 def test_config_error_exits_2_with_the_key():

@@ -51,3 +51,23 @@ def test_nothing_fits_is_reported():
     cfg = resolve_config(str(RECIPES / "emu3_8b_stage2.yaml"))
     best, rows = suggest(cfg, 8, 8, 16.0)
     assert best is None and rows
+
+
+def test_pipeline_stages_bubble_and_a_suggestion_that_needs_pp():
+    """8B at 5,120 on 8 GPUs of 24 GiB does not fit without pipeline stages; the planner splits it,
+    plans every stage (embedding on the first, output layer and logits on the last) and counts the
+    bubble (pp - 1) / (vpp x micro-batches)."""
+    from megatron_emu3.parallel.planner import memory_per_stage, pipeline_bubble
+
+    cfg = resolve_config(str(RECIPES / "emu3_8b_stage1.yaml"))
+    best, rows = suggest(cfg, 8, 8, 24.0)
+    assert best is not None and best.pp > 1
+    assert all(layout.pp == 1 for layout, _ in rows) is False
+    stages = memory_per_stage(cfg, best)
+    assert len(stages) == best.pp and sum(s["layers"] for s in stages) == 32
+    assert stages[0]["logits"] == 0 and stages[-1]["logits"] > 0
+    assert max(s["total"] for s in stages) <= 0.85 * 24 * GIB
+    assert pipeline_bubble(4, None, 8) == pytest.approx(3 / 8) and pipeline_bubble(4, 2, 8) == pytest.approx(3 / 16)
+    one = memory_per_gpu(cfg, Layout(tp=1, cp=1, dp=8, recompute="none"))
+    two = memory_per_gpu(cfg, Layout(tp=1, cp=1, dp=4, recompute="none", pp=2))
+    assert two["weights"] < 0.6 * one["weights"] and len(two["stages"]) == 2
