@@ -98,6 +98,10 @@ class DataConfig:
     """Where packing plans are cached (default: beside the first shard)."""
     oversize_vision: str = "skip"
     """A vision document longer than a sample: skip (counted, logged) | error."""
+    max_oversize_fraction: float = 0.01
+    """With oversize_vision=skip: refuse to start when a blend component would lose more than this
+    fraction of its documents as oversize (shards tokenized for a longer context; see
+    docs/preprocessing.md, --stage). 1.0 turns the check off."""
     split_seed: int = 1234
     """Seed of the train/valid document split (independent of `seed`, so stages keep their split)."""
     pack_window: int = 10000

@@ -72,6 +72,7 @@ def blend_spec_from_config(data_cfg, base_dir: str | None = None) -> BlendSpec:
         loss_policy=str(_get(data_cfg, "loss_policy", "pretrain")),
         cache_dir=os.fspath(cache_dir) if cache_dir else None,
         oversize_vision=str(_get(data_cfg, "oversize_vision", "skip")),
+        max_oversize_fraction=float(_get(data_cfg, "max_oversize_fraction", BlendSpec.max_oversize_fraction)),
         split_seed=int(_get(data_cfg, "split_seed", 1234)),
         pack_window=int(_get(data_cfg, "pack_window", DEFAULT_WINDOW)),
         text_fill=bool(_get(data_cfg, "text_fill", False)),
@@ -137,10 +138,17 @@ def open_corpus(spec: BlendSpec, seq_len: int) -> Corpus:
             if spec.oversize_vision == "error":
                 raise ValueError(message + ": raise seq_len, preprocess at a lower resolution, or set "
                                  "data.oversize_vision=skip")
-            logger.warning("%s: skipped (data.oversize_vision=skip)", message)
             if n_over == len(docs):
                 raise ValueError(f"blend component {src.label!r}: every document is longer than the window "
                                  f"of {capacity} tokens; this component is empty")
+            if n_over > spec.max_oversize_fraction * len(docs):
+                raise ValueError(
+                    f"{message}: {n_over / len(docs):.1%} of its {len(docs)} documents, more than "
+                    f"data.max_oversize_fraction={spec.max_oversize_fraction:g}. These shards were tokenized for "
+                    "a longer context: re-run tools/preprocess_data.py with this stage's --stage / --max-seq-len "
+                    "(documents are then made to fit), raise seq_len, or raise data.max_oversize_fraction")
+            logger.warning("%s: skipped (data.oversize_vision=skip; %.2f%% of the component)", message,
+                           100.0 * n_over / len(docs))
         source_docs.append(docs)
         skipped.append(n_over)
     return Corpus(shards, doc_offsets, lengths, kinds, source_docs, usable, skipped)
@@ -185,6 +193,12 @@ def build_plan(source_docs: Sequence[np.ndarray], lengths: np.ndarray, splittabl
             "pad_tokens": plan.pad_tokens(capacity),
             "pad_fraction": plan.pad_tokens(capacity) / max(1, total * capacity)}
     return arrays, info
+
+
+def data_metrics(info: Mapping) -> dict:
+    """What a run records about its data once at the start: oversize vision documents left out."""
+    return {"data_oversize_vision_skipped": int(sum(info.get("skipped_oversize_vision", {}).values())),
+            "data_oversize_vision_fraction": float(info.get("oversize_vision_fraction", 0.0))}
 
 
 class PackedDataset:
@@ -288,6 +302,7 @@ def _split_dataset(spec: BlendSpec, corpus: Corpus, weights: np.ndarray, split_i
 
     arrays, meta = index_cache.load_or_build(cache_root, f"emu3-{name}", description, build, is_builder)
     info = dict(meta["info"], skipped_oversize_vision=dict(zip([s.label for s in spec.sources], corpus.skipped)),
+                oversize_vision_fraction=max(n / len(d) for n, d in zip(corpus.skipped, corpus.source_docs)),
                 cache=index_cache.cache_path(cache_root, f"emu3-{name}", description))
     logger.info("%s data: %d samples of %d tokens, %d epoch(s), pad fraction %.4f, index %s", name,
                 info["samples"], seq_len, info["epochs"], info["pad_fraction"], info["cache"])

@@ -156,6 +156,10 @@ def train(cfg: Config, env: DistEnv | None = None) -> Run:
     resume_or_initialise(run)
     metrics = MetricsWriter(cfg.run_dir, is_writer, cfg.logging.tensorboard)
     dataset, valid = build_datasets(cfg)
+    if getattr(dataset, "info", None):  # shard datasets: oversize vision documents left out, once per run
+        from megatron_emu3.data.dataset import data_metrics
+
+        metrics.write({"step": state.step, **data_metrics(dataset.info)})
     device = current_device()
     dp_size = parallel_state.get_data_parallel_world_size()
     logger.info("training steps %d..%d: world %d = tp %d x cp %d x pp %d x dp %d, global batch %d x %d tokens",
