@@ -41,6 +41,12 @@ class ModelConfig:
     """Standard deviation of the normal weight initialisation."""
     untie_embeddings: bool = True
     """Separate input embedding and output projection (Emu3 does not tie them)."""
+    head_dim: Optional[int] = None
+    """Width of one attention head (megatron-core's kv_channels); None = hidden_size / num_attention_heads.
+    Emu3.5 uses 128 with hidden 5120 and 64 heads (query width 8192 != hidden)."""
+    qk_layernorm: bool = False
+    """RMSNorm of every query and key head (over head_dim, eps norm_eps, one weight shared by all heads)
+    before RoPE, as Emu3.5 / Qwen3. transformers' Emu3 classes have no such norm: HF export refuses it."""
 
 
 @dataclass

@@ -28,6 +28,11 @@ def uses_bf16(cfg: Config) -> bool:
     return cfg.train.precision == "bf16"
 
 
+def head_dim(m) -> int:
+    """Width of one attention head: model.head_dim, else hidden_size / num_attention_heads."""
+    return m.head_dim or m.hidden_size // m.num_attention_heads
+
+
 def transformer_config(cfg: Config) -> TransformerConfig:
     """Model + parallel sections -> megatron-core TransformerConfig (Emu3: Llama-style blocks)."""
     m, p = cfg.model, cfg.parallel
@@ -46,7 +51,8 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         ffn_hidden_size=m.ffn_hidden_size,
         num_attention_heads=m.num_attention_heads,
         num_query_groups=m.num_query_groups,
-        kv_channels=m.hidden_size // m.num_attention_heads,
+        kv_channels=head_dim(m),
+        qk_layernorm=m.qk_layernorm,
         normalization="RMSNorm",
         layernorm_epsilon=m.norm_eps,
         gated_linear_unit=True,

@@ -14,7 +14,7 @@ import torch
 from megatron.core.models.gpt import GPTModel
 
 from megatron_emu3.config.schema import Config, ModelConfig
-from megatron_emu3.config.to_mcore import transformer_config
+from megatron_emu3.config.to_mcore import head_dim, transformer_config
 from megatron_emu3.config.validation import padded_vocab_size
 from megatron_emu3.model.spec import decoder_spec
 
@@ -24,12 +24,12 @@ logger = logging.getLogger(__name__)
 def count_parameters(model: ModelConfig, vocab_size: int | None = None) -> dict[str, int]:
     """Parameter counts by part for `vocab_size` embedding rows (default: the real vocab, unpadded)."""
     vocab = model.vocab_size if vocab_size is None else vocab_size
-    h, f = model.hidden_size, model.ffn_hidden_size
-    head_dim = h // model.num_attention_heads
-    qkv = h * (model.num_attention_heads + 2 * model.num_query_groups) * head_dim
-    out_proj = model.num_attention_heads * head_dim * h
+    h, f, d = model.hidden_size, model.ffn_hidden_size, head_dim(model)
+    qkv = h * (model.num_attention_heads + 2 * model.num_query_groups) * d
+    out_proj = model.num_attention_heads * d * h
     mlp = 3 * h * f
-    per_layer = qkv + out_proj + mlp + 2 * h
+    qk_norms = 2 * d if model.qk_layernorm else 0
+    per_layer = qkv + out_proj + mlp + 2 * h + qk_norms
     embeddings = vocab * h * (2 if model.untie_embeddings else 1)
     counts = {
         "embeddings": embeddings,
@@ -44,7 +44,7 @@ def count_parameters(model: ModelConfig, vocab_size: int | None = None) -> dict[
 def build_model(cfg: Config) -> GPTModel:
     """This rank's shard of the model, on the current device, in the config's precision."""
     choice = decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp,
-                          cfg.model.attention_dropout)
+                          cfg.model.attention_dropout, qk_layernorm=cfg.model.qk_layernorm)
     logger.info("model: %s", choice.why)
     vocab = padded_vocab_size(cfg.model.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)
     model = GPTModel(

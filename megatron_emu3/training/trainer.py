@@ -156,10 +156,11 @@ def train(cfg: Config, env: DistEnv | None = None) -> Run:
     resume_or_initialise(run)
     metrics = MetricsWriter(cfg.run_dir, is_writer, cfg.logging.tensorboard)
     dataset, valid = build_datasets(cfg)
-    if getattr(dataset, "info", None):  # shard datasets: oversize vision documents left out, once per run
+    data_record = {}  # shard datasets: oversize vision documents left out, in the first record of a launch
+    if getattr(dataset, "info", None):
         from megatron_emu3.data.dataset import data_metrics
 
-        metrics.write({"step": state.step, **data_metrics(dataset.info)})
+        data_record = data_metrics(dataset.info)
     device = current_device()
     dp_size = parallel_state.get_data_parallel_world_size()
     logger.info("training steps %d..%d: world %d = tp %d x cp %d x pp %d x dp %d, global batch %d x %d tokens",
@@ -182,7 +183,8 @@ def train(cfg: Config, env: DistEnv | None = None) -> Run:
             if cfg.train.eval_interval and valid is not None and state.step % cfg.train.eval_interval == 0:
                 result.update(evaluate(run, valid, device, state.step // cfg.train.eval_interval - 1))
             if state.step % cfg.logging.log_interval == 0 or state.step == cfg.train.iters:
-                metrics.write({"step": state.step, **result})
+                metrics.write({"step": state.step, **result, **data_record})
+                data_record = {}
             if saver is not None:
                 saver.poll()
             interval = cfg.checkpoint.interval
