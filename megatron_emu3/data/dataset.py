@@ -25,8 +25,8 @@ from megatron_emu3.data.blend import (SPLIT_NAMES, BlendSpec, DataSourceSpec, So
                                       normalise_weights, parse_split, split_documents)
 from megatron_emu3.data.loss_weights import LossWeightTable
 from megatron_emu3.data.packing import DEFAULT_WINDOW, PackingPlan, assemble_sample, concat_plans, pack_documents
-from megatron_emu3.data.shards import ShardSet, expand_prefixes
-from megatron_emu3.data.tokens import DocKind
+from megatron_emu3.data.shards import ShardSet, common_layout, expand_prefixes
+from megatron_emu3.data.tokens import EMU3_VISION, DocKind, VisionLayout
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Corpus:
     source_docs: list[np.ndarray]  # global ids per source, all of them (the split is drawn over these)
     usable: np.ndarray  # bool [n_docs]: False for vision documents longer than the window
     skipped: list[int]  # oversize vision documents per source
+    layout: VisionLayout = EMU3_VISION  # the vision token layout every shard shares
 
     def __getstate__(self):
         # reading samples needs only the shards and offsets; the per-document arrays are for building
@@ -114,6 +115,7 @@ def open_corpus(spec: BlendSpec, seq_len: int) -> Corpus:
             shard.spot_check()
         per_source.append(range(len(shards), len(shards) + len(sets)))
         shards.extend(sets)
+    layout = common_layout([(s.prefix, s.layout) for s in shards]) if shards else EMU3_VISION
     counts = np.array([len(s) for s in shards], dtype=np.int64)
     doc_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     lengths = np.concatenate([s.lengths for s in shards]).astype(np.int64) if shards else np.zeros(0, np.int64)
@@ -151,7 +153,7 @@ def open_corpus(spec: BlendSpec, seq_len: int) -> Corpus:
                            100.0 * n_over / len(docs))
         source_docs.append(docs)
         skipped.append(n_over)
-    return Corpus(shards, doc_offsets, lengths, kinds, source_docs, usable, skipped)
+    return Corpus(shards, doc_offsets, lengths, kinds, source_docs, usable, skipped, layout)
 
 
 def build_plan(source_docs: Sequence[np.ndarray], lengths: np.ndarray, splittable: np.ndarray,
@@ -303,7 +305,8 @@ def _split_dataset(spec: BlendSpec, corpus: Corpus, weights: np.ndarray, split_i
     arrays, meta = index_cache.load_or_build(cache_root, f"emu3-{name}", description, build, is_builder)
     info = dict(meta["info"], skipped_oversize_vision=dict(zip([s.label for s in spec.sources], corpus.skipped)),
                 oversize_vision_fraction=max(n / len(d) for n, d in zip(corpus.skipped, corpus.source_docs)),
-                cache=index_cache.cache_path(cache_root, f"emu3-{name}", description))
+                cache=index_cache.cache_path(cache_root, f"emu3-{name}", description),
+                vision_layout=corpus.layout.record())
     logger.info("%s data: %d samples of %d tokens, %d epoch(s), pad fraction %.4f, index %s", name,
                 info["samples"], seq_len, info["epochs"], info["pad_fraction"], info["cache"])
     return PackedDataset(corpus, arrays, seq_len, LossWeightTable(spec.loss_policy, spec.vision_loss_weight),

@@ -177,8 +177,10 @@ def resize_frames(clip: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack([np.asarray(resize_to(Image.fromarray(f), height, width)) for f in clip])
 
 
-def read_video(source: Source, fps: float = 8.0, max_seconds: float = 4.0) -> tuple[np.ndarray, float]:
-    """Decode, resample to `fps` and clip a video at its own size: (uint8 (T, H, W, 3), fps), T % 4 == 0."""
+def read_video(source: Source, fps: float = 8.0, max_seconds: float = 4.0,
+               multiple: int = TEMPORAL_FACTOR) -> tuple[np.ndarray, float]:
+    """Decode, resample to `fps` and clip a video at its own size: (uint8 (T, H, W, 3), fps) with T a
+    multiple of `multiple` (the vision tokenizer's temporal factor)."""
     import av  # PyAV bundles FFmpeg; imported lazily so text-only runs do not pay for it
 
     opened = _open_source(source)
@@ -200,9 +202,9 @@ def read_video(source: Source, fps: float = 8.0, max_seconds: float = 4.0) -> tu
         raise MediaError(f"video cannot be decoded ({type(err).__name__}: {err}); the file may be truncated "
                          "or not a video; re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)") from err
     frames = _resample(decoded, fps)
-    usable = len(frames) - len(frames) % TEMPORAL_FACTOR
-    if usable < TEMPORAL_FACTOR:
-        raise MediaError(f"video gives {len(frames)} frame(s) at {fps:g} fps; at least {TEMPORAL_FACTOR} are needed "
+    usable = len(frames) - len(frames) % multiple
+    if usable < multiple:
+        raise MediaError(f"video gives {len(frames)} frame(s) at {fps:g} fps; at least {multiple} are needed "
                          "(shorter videos are skipped, not padded)")
     return np.stack(frames[:usable]), float(fps)
 

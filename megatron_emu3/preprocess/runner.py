@@ -208,6 +208,7 @@ def build_report(job: Job, prefixes: dict[int, Path], failed: dict[int, str]) ->
             report["tokens"][key] += rec["tokens"][key]
         report["longest_document"] = max(report["longest_document"], rec["longest_document"])
         report["skipped"].extend(rec["skipped"])
+        report.setdefault("vision_layout", rec.get("vision_layout"))
         for key, n in rec.get("resized_to_fit", {}).items():
             report["resized_to_fit"][key] += n
         (report["shards"] if rec["documents_written"] else report["empty_shards"]).append(str(prefix))

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from megatron_emu3.data import documents, media
-from megatron_emu3.data.tokens import DocKind
+from megatron_emu3.data.tokens import EMU3_VISION, DocKind, VisionLayout
 from megatron_emu3.preprocess import fit
 from megatron_emu3.preprocess.manifest import Manifest, Row, RowError
 from megatron_emu3.preprocess.plan import ShardSpec
@@ -94,10 +94,15 @@ class Worker:
     @property
     def vq(self):
         if self._vq is None:
-            from megatron_emu3.data.vision_tokenizer import Emu3VisionTokenizer
+            from megatron_emu3.data.vision_tokenizer import load_vision_tokenizer
 
-            self._vq = Emu3VisionTokenizer.from_dir(self.settings.vq_dir, device=self.device)
+            self._vq = load_vision_tokenizer(self.settings.vq_dir, device=self.device)
         return self._vq
+
+    @property
+    def layout(self) -> VisionLayout:
+        """The id layout of the vision tokenizer (Emu3's when the run has none)."""
+        return EMU3_VISION if self.settings.vq_dir is None else self.vq.layout
 
     # -- one row -------------------------------------------------------------------------------
     def prepare(self, item: Row | RowError, duplicate_of: tuple[str, int] | None) -> Prepared | dict:
@@ -136,8 +141,8 @@ class Worker:
                                                 meta.frames or 1, meta.height, meta.width)
 
     def _prepare_image(self, item: Row, text_ids: list[int], understanding: bool) -> Prepared | None:
-        s, factor = self.settings, media.SPATIAL_FACTOR
-        img = media.load_image(item.media)
+        s, factor = self.settings, self.layout.spatial_factor
+        img = media.load_image(item.media, min_side=factor)
         size = fit.fit_image(img.height, img.width, lambda h, w: self._doc_length(text_ids, documents.VisionMeta(h, w)),
                              s.max_seq_len, s.min_pixels, s.max_pixels, factor, s.fit_to_context)
         if size is None:
@@ -147,11 +152,12 @@ class Worker:
         return Prepared(item, kind, text_ids, pixels=pixels, resized="image" if size.resized else None)
 
     def _prepare_video(self, item: Row, text_ids: list[int], understanding: bool) -> Prepared | None:
-        s, factor, temporal = self.settings, media.SPATIAL_FACTOR, media.TEMPORAL_FACTOR
-        clip, fps = media.read_video(item.media, s.video_fps, s.video_max_seconds)
+        s, layout = self.settings, self.layout
+        factor, temporal = layout.spatial_factor, layout.temporal_factor
+        clip, fps = media.read_video(item.media, s.video_fps, s.video_max_seconds, multiple=temporal)
 
         def length(t: int, h: int, w: int) -> int:
-            return self._doc_length(text_ids, documents.VisionMeta(h, w, t, fps, round(t * temporal / fps, 2)))
+            return self._doc_length(text_ids, documents.video_meta(t, h, w, fps, layout))
 
         size = fit.fit_video(clip.shape[0], clip.shape[1], clip.shape[2], length, s.max_seq_len,
                              s.video_min_pixels, s.video_max_pixels, factor, temporal, s.fit_to_context)
@@ -197,14 +203,15 @@ class Worker:
                 self._encode_group(items[start:start + self.settings.batch_size], video)
         for p in window:
             if isinstance(p, Prepared) and p.doc is None and isinstance(p.codes, np.ndarray):
-                meta = documents.VisionMeta(*p.codes.shape[-2:]) if p.fps is None else documents.VisionMeta(
-                    p.codes.shape[1], p.codes.shape[2], p.codes.shape[0], p.fps, round(p.codes.shape[0] * 4 / p.fps, 2))
-                p.doc = documents.format_vision(p.kind, p.text_ids, p.codes, meta, self.text)
+                meta = documents.VisionMeta(*p.codes.shape[-2:]) if p.fps is None else documents.video_meta(
+                    *p.codes.shape, p.fps, self.layout)
+                p.doc = documents.format_vision(p.kind, p.text_ids, p.codes, meta, self.text, self.layout)
 
     # -- one shard -----------------------------------------------------------------------------
     def process_shard(self, spec: ShardSpec, manifest: Manifest, duplicates: dict, fingerprint: str,
                       progress: Callable[[int], None] = lambda n: None) -> dict:
-        writer = ShardWriter(shard_prefix(self.settings.output_prefix, spec.index), fingerprint, spec.num_rows)
+        writer = ShardWriter(shard_prefix(self.settings.output_prefix, spec.index), fingerprint, spec.num_rows,
+                             self.layout)
         window: list[Prepared | dict] = []
 
         def flush():
