@@ -22,6 +22,11 @@ FUSED_KERNELS = ("auto", "fused", "unfused")
 DECAY_STYLES = ("cosine", "linear", "constant")
 
 
+def head_dim(m: "ModelConfig") -> int:
+    """Width of one attention head: model.head_dim, else hidden_size / num_attention_heads."""
+    return m.head_dim or m.hidden_size // m.num_attention_heads
+
+
 def path_field(default=None, **kwargs):
     """A field holding a filesystem path: ``${VARS}`` are expanded when the config is resolved."""
     return field(default=default, metadata={"path": True}, **kwargs)
@@ -58,6 +63,12 @@ class ModelConfig:
     """Standard deviation of the normal weight initialisation."""
     untie_embeddings: bool = True
     """Separate input embedding and output projection (Emu3 does not tie them)."""
+    head_dim: Optional[int] = None
+    """Width of one attention head (megatron-core's kv_channels); None = hidden_size / num_attention_heads.
+    Emu3.5 uses 128 with hidden 5120 and 64 heads (query width 8192 != hidden)."""
+    qk_layernorm: bool = False
+    """RMSNorm of every query and key head (over head_dim, eps norm_eps, one weight shared by all heads)
+    before RoPE, as Emu3.5 / Qwen3. transformers' Emu3 classes have no such norm: HF export refuses it."""
 
 
 @dataclass
@@ -135,6 +146,10 @@ class DataConfig:
     """Where packing plans are cached (default: beside the first shard)."""
     oversize_vision: str = "skip"
     """A vision document longer than a sample: skip (counted, logged) | error."""
+    max_oversize_fraction: float = 0.01
+    """With oversize_vision=skip: refuse to start when a blend component would lose more than this
+    fraction of its documents as oversize (shards tokenized for a longer context; see
+    docs/preprocessing.md, --stage). 1.0 turns the check off."""
     split_seed: int = 1234
     """Seed of the train/valid document split (independent of `seed`, so stages keep their split)."""
     pack_window: int = 10000

@@ -14,7 +14,7 @@ from megatron.core.distributed import DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
 from megatron.core.transformer import TransformerConfig
 
-from megatron_emu3.config.schema import Config
+from megatron_emu3.config.schema import Config, head_dim
 
 
 def _installed(module: str) -> bool:
@@ -46,7 +46,8 @@ def transformer_config(cfg: Config) -> TransformerConfig:
         ffn_hidden_size=m.ffn_hidden_size,
         num_attention_heads=m.num_attention_heads,
         num_query_groups=m.num_query_groups,
-        kv_channels=m.hidden_size // m.num_attention_heads,
+        kv_channels=head_dim(m),
+        qk_layernorm=m.qk_layernorm,
         normalization="RMSNorm",
         layernorm_epsilon=m.norm_eps,
         gated_linear_unit=True,

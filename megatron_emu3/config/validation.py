@@ -115,6 +115,8 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
     for key in ("model.hidden_dropout", "model.attention_dropout"):
         if not 0.0 <= _get(cfg, key) < 1.0:
             fail(f"{key}={_get(cfg, key)} must be in [0, 1)")
+    if not 0.0 <= d.max_oversize_fraction <= 1.0:
+        fail(f"data.max_oversize_fraction={d.max_oversize_fraction} must be in [0, 1] (1 turns the check off)")
     if m.hidden_size % m.num_attention_heads:
         fail(f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
              f"{m.num_attention_heads}; pick a head count that divides the width")

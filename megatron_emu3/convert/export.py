@@ -15,7 +15,7 @@ import torch
 
 from megatron_emu3.checkpoint.layout import resolve_checkpoint_path
 from megatron_emu3.config.loading import resolve_config
-from megatron_emu3.convert.hf_config import to_hf_text_config
+from megatron_emu3.convert.hf_config import check_hf_representable, to_hf_text_config
 from megatron_emu3.convert.hf_mapping import HF_TEXT_PREFIX, from_hf, to_hf
 from megatron_emu3.convert.hf_tokenizer import write_tokenizer_files
 from megatron_emu3.convert.safetensors_io import read_hf_state, write_sharded
@@ -49,6 +49,7 @@ def export_to_hf(checkpoint: str | Path, output: str | Path, vq_dir: str | Path 
                  dtype: str = "bf16", vocab_size: int | None = None, max_shard_bytes: int = 5 * 2**30) -> dict:
     """Write the Hugging Face directory; returns a summary (paths, class, parameter count)."""
     cfg, gpt, path = load_checkpoint_model(checkpoint)
+    check_hf_representable(cfg.model)  # before anything is written
     facts = json.loads((path / "vocab.json").read_text()) if (path / "vocab.json").is_file() else {}
     if vocab_size is not None and vocab_size != cfg.model.vocab_size:
         raise ValueError(f"--vocab-size {vocab_size} does not match the checkpoint's vocabulary "

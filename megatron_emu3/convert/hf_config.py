@@ -6,9 +6,27 @@ from megatron_emu3.config.schema import ModelConfig
 from megatron_emu3.data import tokens
 
 
+def check_hf_representable(m: ModelConfig) -> None:
+    """Raise ValueError when transformers' Emu3 classes cannot hold model `m` exactly."""
+    problems = []
+    if m.qk_layernorm:
+        problems.append("model.qk_layernorm=true (transformers' Emu3 attention has no per-head query/key RMSNorm: "
+                        "the exported model would silently compute something else)")
+    if m.head_dim is not None and m.head_dim * m.num_attention_heads != m.hidden_size:
+        problems.append(f"model.head_dim={m.head_dim} with {m.num_attention_heads} heads (query width "
+                        f"{m.head_dim * m.num_attention_heads}) != hidden_size {m.hidden_size} (the HF mapping "
+                        "assumes head_dim = hidden_size / heads)")
+    if problems:
+        raise ValueError("this checkpoint cannot be exported to transformers' Emu3 classes: " + "; ".join(problems)
+                         + ". Keep it in our checkpoint format (tools/generate.py and tools/sample.py load it "
+                         "directly), or train without these options to export.")
+
+
 def to_hf_text_config(m: ModelConfig, max_position_embeddings: int):
     """An `Emu3TextConfig` for `m` with the Emu3 pad/bos/eos ids (clamped for tiny test vocabularies)."""
     from transformers import Emu3TextConfig
+
+    check_hf_representable(m)
 
     def special(token_id: int) -> int:
         # a vocabulary smaller than the Emu3 tokenizer (tests) cannot hold the real special ids

@@ -62,6 +62,8 @@ class BlendSpec:
     """Where the index cache lives; default ``<directory of the first shard>/index_cache``."""
     oversize_vision: str = "skip"
     """A vision document longer than seq_len + 1: skip (counted and logged) | error."""
+    max_oversize_fraction: float = 0.01
+    """With skip: refuse to start when a component would lose more than this fraction of its documents."""
     split_seed: int = 1234
     pack_window: int = 10_000
     text_fill: bool = False

@@ -26,8 +26,8 @@ from megatron_emu3.data.blend import (SPLIT_NAMES, BlendSpec, DataSourceSpec, So
                                       normalise_weights, parse_split, split_documents)
 from megatron_emu3.data.loss_weights import LossWeightTable
 from megatron_emu3.data.packing import DEFAULT_WINDOW, PackingPlan, assemble_sample, concat_plans, pack_documents
-from megatron_emu3.data.shards import ShardSet, expand_prefixes
-from megatron_emu3.data.tokens import DocKind
+from megatron_emu3.data.shards import ShardSet, common_layout, expand_prefixes
+from megatron_emu3.data.tokens import EMU3_VISION, DocKind, VisionLayout
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def blend_spec_from_config(data_cfg: DataConfig | BlendSpec) -> BlendSpec:
         loss_policy=data_cfg.loss_policy,
         cache_dir=os.fspath(data_cfg.cache_dir) if data_cfg.cache_dir else None,
         oversize_vision=data_cfg.oversize_vision,
+        max_oversize_fraction=float(data_cfg.max_oversize_fraction),
         split_seed=int(data_cfg.split_seed),
         pack_window=int(data_cfg.pack_window),
         text_fill=bool(data_cfg.text_fill),
@@ -68,6 +69,7 @@ class Corpus:
     source_docs: list[np.ndarray]  # global ids per source, all of them (the split is drawn over these)
     usable: np.ndarray  # bool [n_docs]: False for vision documents longer than the window
     skipped: list[int]  # oversize vision documents per source
+    layout: VisionLayout = EMU3_VISION  # the vision token layout every shard shares
 
     def __getstate__(self):
         # reading samples needs only the shards and offsets; the per-document arrays are for building
@@ -92,6 +94,7 @@ def open_corpus(spec: BlendSpec, seq_len: int) -> Corpus:
             shard.spot_check()
         per_source.append(range(len(shards), len(shards) + len(sets)))
         shards.extend(sets)
+    layout = common_layout([(s.prefix, s.layout) for s in shards]) if shards else EMU3_VISION
     counts = np.array([len(s) for s in shards], dtype=np.int64)
     doc_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     lengths = np.concatenate([s.lengths for s in shards]).astype(np.int64) if shards else np.zeros(0, np.int64)
@@ -116,13 +119,20 @@ def open_corpus(spec: BlendSpec, seq_len: int) -> Corpus:
             if spec.oversize_vision == "error":
                 raise ValueError(message + ": raise seq_len, preprocess at a lower resolution, or set "
                                  "data.oversize_vision=skip")
-            logger.warning("%s: skipped (data.oversize_vision=skip)", message)
             if n_over == len(docs):
                 raise ValueError(f"blend component {src.label!r}: every document is longer than the window "
                                  f"of {capacity} tokens; this component is empty")
+            if n_over > spec.max_oversize_fraction * len(docs):
+                raise ValueError(
+                    f"{message}: {n_over / len(docs):.1%} of its {len(docs)} documents, more than "
+                    f"data.max_oversize_fraction={spec.max_oversize_fraction:g}. These shards were tokenized for "
+                    "a longer context: re-run tools/preprocess_data.py with this stage's --stage / --max-seq-len "
+                    "(documents are then made to fit), raise seq_len, or raise data.max_oversize_fraction")
+            logger.warning("%s: skipped (data.oversize_vision=skip; %.2f%% of the component)", message,
+                           100.0 * n_over / len(docs))
         source_docs.append(docs)
         skipped.append(n_over)
-    return Corpus(shards, doc_offsets, lengths, kinds, source_docs, usable, skipped)
+    return Corpus(shards, doc_offsets, lengths, kinds, source_docs, usable, skipped, layout)
 
 
 def build_plan(source_docs: Sequence[np.ndarray], lengths: np.ndarray, splittable: np.ndarray,
@@ -164,6 +174,12 @@ def build_plan(source_docs: Sequence[np.ndarray], lengths: np.ndarray, splittabl
             "pad_tokens": plan.pad_tokens(capacity),
             "pad_fraction": plan.pad_tokens(capacity) / max(1, total * capacity)}
     return arrays, info
+
+
+def data_metrics(info: Mapping) -> dict:
+    """What a run records about its data once at the start: oversize vision documents left out."""
+    return {"data_oversize_vision_skipped": int(sum(info.get("skipped_oversize_vision", {}).values())),
+            "data_oversize_vision_fraction": float(info.get("oversize_vision_fraction", 0.0))}
 
 
 class PackedDataset:
@@ -267,7 +283,9 @@ def _split_dataset(spec: BlendSpec, corpus: Corpus, weights: np.ndarray, split_i
 
     arrays, meta = index_cache.load_or_build(cache_root, f"emu3-{name}", description, build, is_builder)
     info = dict(meta["info"], skipped_oversize_vision=dict(zip([s.label for s in spec.sources], corpus.skipped)),
-                cache=index_cache.cache_path(cache_root, f"emu3-{name}", description))
+                oversize_vision_fraction=max(n / len(d) for n, d in zip(corpus.skipped, corpus.source_docs)),
+                cache=index_cache.cache_path(cache_root, f"emu3-{name}", description),
+                vision_layout=corpus.layout.record())
     logger.info("%s data: %d samples of %d tokens, %d epoch(s), pad fraction %.4f, index %s", name,
                 info["samples"], seq_len, info["epochs"], info["pad_fraction"], info["cache"])
     return PackedDataset(corpus, arrays, seq_len, LossWeightTable(spec.loss_policy, spec.vision_loss_weight),

@@ -16,7 +16,8 @@ Layouts (ids from `megatron_emu3.data.tokens`, ARCHITECTURE.md section 3):
 with h, w the latent height/width, t the number of latent frames (4 video frames each), fps the
 frame rate the clip was sampled at (shortest decimal form) and secs the clip's duration, 2 decimals.
 The formatters take any tokenizer with `encode(str) -> ids` (for the meta); the parser takes one with
-`decode(ids) -> str`. Preprocessing, the inspector and generation all go through this module.
+`decode(ids) -> str`. Code ids follow a `tokens.VisionLayout` (Emu3's by default). Preprocessing, the
+inspector and generation all go through this module.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import re
 import numpy as np
 
 from megatron_emu3.data import tokens
-from megatron_emu3.data.tokens import DocKind
+from megatron_emu3.data.tokens import EMU3_VISION, DocKind, VisionLayout
 
 _IMAGE_META = re.compile(r"^(\d+)\*(\d+)$")
 _VIDEO_META = re.compile(r"^(\d+)\*(\d+)\*(\d+) (\d+(?:\.\d+)?)fps (\d+\.\d\d)s$")
@@ -80,19 +81,20 @@ class Document:
     codes: np.ndarray | None = None  # (h, w) for images, (t, h, w) for videos; codebook indices
 
 
-def vision_block(codes: np.ndarray, meta_ids) -> np.ndarray:
+def vision_block(codes: np.ndarray, meta_ids, layout: VisionLayout = EMU3_VISION) -> np.ndarray:
     """`SOV meta SOT grid EOV` for codes (h, w) or (t, h, w): EOL after every row, EOF after each frame."""
     codes = np.asarray(codes)
     if codes.ndim == 2:
         codes = codes[None]
     if codes.ndim != 3 or 0 in codes.shape:
         raise ValueError(f"codes must be a non-empty (h, w) or (t, h, w) grid, got shape {codes.shape}")
-    if codes.min() < 0 or codes.max() >= tokens.NUM_VISION_CODES:
-        raise ValueError(f"codes must lie in [0, {tokens.NUM_VISION_CODES}), got [{codes.min()}, {codes.max()}]")
+    if codes.min() < 0 or codes.max() >= layout.codebook_size:
+        raise ValueError(f"codes must lie in [0, {layout.codebook_size}) ({layout.tokenizer}), "
+                         f"got [{codes.min()}, {codes.max()}]")
     t, h, w = codes.shape
     grid = np.empty((t, h * (w + 1) + 1), dtype=np.int64)
     rows = grid[:, : h * (w + 1)].reshape(t, h, w + 1)
-    rows[:, :, :w] = codes + tokens.FIRST_VISION_CODE
+    rows[:, :, :w] = codes + layout.first_code
     rows[:, :, w] = tokens.EOL
     grid[:, -1] = tokens.EOF
     return np.concatenate([[tokens.SOV], np.asarray(meta_ids, dtype=np.int64), [tokens.SOT],
@@ -109,7 +111,8 @@ def format_text(text_ids) -> np.ndarray:
     return np.concatenate([[tokens.BOS], np.asarray(text_ids, dtype=np.int64), [tokens.EOS]]).astype(np.int64)
 
 
-def format_vision(kind: DocKind, text_ids, codes: np.ndarray, meta: VisionMeta, tokenizer) -> np.ndarray:
+def format_vision(kind: DocKind, text_ids, codes: np.ndarray, meta: VisionMeta, tokenizer,
+                  layout: VisionLayout = EMU3_VISION) -> np.ndarray:
     """A vision document of `kind` (generation: caption first; understanding: caption after EOV)."""
     kind = DocKind(kind)
     codes = np.asarray(codes)
@@ -122,7 +125,7 @@ def format_vision(kind: DocKind, text_ids, codes: np.ndarray, meta: VisionMeta, 
     expected = (meta.frames or 1, meta.height, meta.width)
     if codes.ndim != (3 if is_video else 2) or tuple(grid_shape) != expected:
         raise ValueError(f"codes of shape {codes.shape} do not match meta {meta.text()!r}")
-    block = vision_block(codes, tokenizer.encode(meta.text()))
+    block = vision_block(codes, tokenizer.encode(meta.text()), layout)
     text_ids = np.asarray(text_ids, dtype=np.int64)
     if kind in (DocKind.IMAGE_GENERATION, DocKind.VIDEO_GENERATION):
         body = [text_ids, block]
@@ -131,23 +134,28 @@ def format_vision(kind: DocKind, text_ids, codes: np.ndarray, meta: VisionMeta, 
     return np.concatenate([[tokens.BOS], *body, [tokens.EOS]]).astype(np.int64)
 
 
-def format_image(text_ids, codes: np.ndarray, tokenizer, understanding: bool = False) -> np.ndarray:
+def format_image(text_ids, codes: np.ndarray, tokenizer, understanding: bool = False,
+                 layout: VisionLayout = EMU3_VISION) -> np.ndarray:
     """An image document from caption ids and codes (h, w)."""
     h, w = np.asarray(codes).shape
     kind = DocKind.IMAGE_UNDERSTANDING if understanding else DocKind.IMAGE_GENERATION
-    return format_vision(kind, text_ids, codes, VisionMeta(h, w), tokenizer)
+    return format_vision(kind, text_ids, codes, VisionMeta(h, w), tokenizer, layout)
+
+
+def video_meta(t: int, h: int, w: int, fps: float, layout: VisionLayout = EMU3_VISION) -> VisionMeta:
+    """The meta of a clip of t latent frames: duration = t * temporal_factor / fps, 2 decimals."""
+    return VisionMeta(h, w, t, float(fps), round(t * layout.temporal_factor / fps, 2))
 
 
 def format_video(text_ids, codes: np.ndarray, fps: float, tokenizer, understanding: bool = False,
-                 temporal_factor: int = 4) -> np.ndarray:
-    """A video document from caption ids and codes (t, h, w); duration = t * temporal_factor / fps."""
+                 layout: VisionLayout = EMU3_VISION) -> np.ndarray:
+    """A video document from caption ids and codes (t, h, w)."""
     t, h, w = np.asarray(codes).shape
-    meta = VisionMeta(h, w, t, float(fps), round(t * temporal_factor / fps, 2))
     kind = DocKind.VIDEO_UNDERSTANDING if understanding else DocKind.VIDEO_GENERATION
-    return format_vision(kind, text_ids, codes, meta, tokenizer)
+    return format_vision(kind, text_ids, codes, video_meta(t, h, w, fps, layout), tokenizer, layout)
 
 
-def _parse_grid(grid: np.ndarray, meta: VisionMeta, offset: int) -> np.ndarray:
+def _parse_grid(grid: np.ndarray, meta: VisionMeta, offset: int, layout: VisionLayout) -> np.ndarray:
     frames = meta.frames or 1
     h, w = meta.height, meta.width
     expected = frames * (h * (w + 1) + 1)
@@ -164,14 +172,15 @@ def _parse_grid(grid: np.ndarray, meta: VisionMeta, offset: int) -> np.ndarray:
         f, r = bad_eol[0]
         raise DocumentFormatError(f"row {r} of latent frame {f} does not end with EOL ({tokens.EOL})")
     codes = rows[:, :, :w]
-    if not tokens.is_vision_code(codes).all():
-        f, r, c = np.argwhere(~tokens.is_vision_code(codes))[0]
-        raise DocumentFormatError(f"token {codes[f, r, c]} at frame {f} row {r} column {c} is not a vision code")
-    codes = tokens.id_to_code(codes)
+    if not tokens.is_vision_code(codes, layout).all():
+        f, r, c = np.argwhere(~tokens.is_vision_code(codes, layout))[0]
+        raise DocumentFormatError(f"token {codes[f, r, c]} at frame {f} row {r} column {c} is not a vision code "
+                                  f"of {layout.tokenizer}")
+    codes = tokens.id_to_code(codes, layout)
     return codes if meta.is_video else codes[0]
 
 
-def parse(ids, tokenizer) -> Document:
+def parse(ids, tokenizer, layout: VisionLayout = EMU3_VISION) -> Document:
     """Split a document's ids back into kind, caption ids, meta and code grid; raises DocumentFormatError."""
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size < 2 or ids[0] != tokens.BOS or ids[-1] != tokens.EOS:
@@ -179,7 +188,7 @@ def parse(ids, tokenizer) -> Document:
     body = ids[1:-1]
     sov = np.flatnonzero(body == tokens.SOV)
     if sov.size == 0:
-        if np.isin(body, [tokens.SOT, tokens.EOV]).any() or tokens.is_vision_code(body).any():
+        if np.isin(body, [tokens.SOT, tokens.EOV]).any() or tokens.is_vision_code(body, layout).any():
             raise DocumentFormatError("vision tokens outside a SOV ... EOV block")
         return Document(DocKind.TEXT, body)
     if sov.size > 1:
@@ -191,7 +200,7 @@ def parse(ids, tokenizer) -> Document:
         raise DocumentFormatError("the vision block is not SOV meta SOT grid EOV")
     end, sot = int(eov[0]), int(sot[0])
     meta = VisionMeta.parse(tokenizer.decode(body[start + 1: sot].tolist()))
-    codes = _parse_grid(body[sot + 1: end], meta, offset=sot + 2)
+    codes = _parse_grid(body[sot + 1: end], meta, offset=sot + 2, layout=layout)
     before, after = body[:start], body[end + 1:]
     if before.size and after.size:
         raise DocumentFormatError("text on both sides of the vision block")

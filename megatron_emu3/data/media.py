@@ -4,10 +4,13 @@
   (composited on white), CMYK, grey and 16-bit images converted, never rejected; truncated, empty,
   non-image and decompression-bomb inputs raise `MediaError` with a reason a person understands.
 - `smart_resize`: (h, w) -> the nearest size with both sides multiples of `factor` and an area in
-  [min_pixels, max_pixels], aspect ratio kept as well as rounding allows.
-- `decode_video`: frames resampled to `fps` (nearest earlier frame per timestamp), clipped to
+  [min_pixels, max_pixels], aspect ratio kept as well as rounding allows; `scaled_size`: the size
+  scaled to at most a given area (both sides rounded down), used to fit a stage's context
+  (`megatron_emu3.preprocess.fit`).
+- `read_video`: frames resampled to `fps` (nearest earlier frame per timestamp), clipped to
   `max_seconds`, cut to a multiple of 4 frames; a clip with fewer than 4 frames raises `MediaError`
-  (the documented short-video rule: skipped, never padded).
+  (the documented short-video rule: skipped, never padded). `decode_video` = `read_video` + smart
+  resize of every frame (`resize_frames`).
 - `to_pixel_values`: uint8 HWC -> float32 CHW in [-1, 1] (mean = std = 0.5).
 """
 
@@ -119,11 +122,25 @@ def smart_resize(height: int, width: int, factor: int = SPATIAL_FACTOR,
     return h, w
 
 
+def scaled_size(height: int, width: int, area: int, factor: int = SPATIAL_FACTOR) -> tuple[int, int]:
+    """(h, w) scaled (up or down) to an area of at most `area`, aspect ratio kept, both sides rounded
+    down to multiples of `factor` (at least `factor`). Larger `area` never gives a smaller size."""
+    if height <= 0 or width <= 0 or area <= 0:
+        raise ValueError(f"size and area must be positive, got {height}x{width}, area {area}")
+    scale = math.sqrt(area / (height * width))
+    return (max(factor, math.floor(height * scale / factor) * factor),
+            max(factor, math.floor(width * scale / factor) * factor))
+
+
+def resize_to(img: Image.Image, height: int, width: int) -> Image.Image:
+    """Bicubic resize to exactly (height, width) (a no-op when already that size)."""
+    return img if (height, width) == (img.height, img.width) else img.resize((width, height), Image.Resampling.BICUBIC)
+
+
 def resize_image(img: Image.Image, min_pixels: int = DEFAULT_MIN_PIXELS,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Bicubic smart resize (a no-op when the size is already right)."""
-    h, w = smart_resize(img.height, img.width, min_pixels=min_pixels, max_pixels=max_pixels)
-    return img if (h, w) == (img.height, img.width) else img.resize((w, h), Image.Resampling.BICUBIC)
+    return resize_to(img, *smart_resize(img.height, img.width, min_pixels=min_pixels, max_pixels=max_pixels))
 
 
 def to_pixel_values(frames: np.ndarray) -> np.ndarray:
@@ -148,6 +165,22 @@ def prepare_image(source: Source, min_pixels: int = DEFAULT_MIN_PIXELS,
 def decode_video(source: Source, fps: float = 8.0, max_seconds: float = 4.0,
                  min_pixels: int = 128 * 128, max_pixels: int = 512 * 512) -> tuple[np.ndarray, float]:
     """Decode, resample to `fps`, clip and resize a video: (uint8 (T, H, W, 3), fps) with T % 4 == 0."""
+    clip, fps = read_video(source, fps, max_seconds)
+    return resize_frames(clip, *smart_resize(clip.shape[1], clip.shape[2], min_pixels=min_pixels,
+                                             max_pixels=max_pixels)), fps
+
+
+def resize_frames(clip: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> (T, height, width, 3), bicubic per frame (a no-op at the same size)."""
+    if (height, width) == clip.shape[1:3]:
+        return clip
+    return np.stack([np.asarray(resize_to(Image.fromarray(f), height, width)) for f in clip])
+
+
+def read_video(source: Source, fps: float = 8.0, max_seconds: float = 4.0,
+               multiple: int = TEMPORAL_FACTOR) -> tuple[np.ndarray, float]:
+    """Decode, resample to `fps` and clip a video at its own size: (uint8 (T, H, W, 3), fps) with T a
+    multiple of `multiple` (the vision tokenizer's temporal factor)."""
     import av  # PyAV bundles FFmpeg; imported lazily so text-only runs do not pay for it
 
     opened = _open_source(source)
@@ -169,15 +202,11 @@ def decode_video(source: Source, fps: float = 8.0, max_seconds: float = 4.0,
         raise MediaError(f"video cannot be decoded ({type(err).__name__}: {err}); the file may be truncated "
                          "or not a video; re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)") from err
     frames = _resample(decoded, fps)
-    usable = len(frames) - len(frames) % TEMPORAL_FACTOR
-    if usable < TEMPORAL_FACTOR:
-        raise MediaError(f"video gives {len(frames)} frame(s) at {fps:g} fps; at least {TEMPORAL_FACTOR} are needed "
+    usable = len(frames) - len(frames) % multiple
+    if usable < multiple:
+        raise MediaError(f"video gives {len(frames)} frame(s) at {fps:g} fps; at least {multiple} are needed "
                          "(shorter videos are skipped, not padded)")
-    clip = np.stack(frames[:usable])
-    h, w = smart_resize(clip.shape[1], clip.shape[2], min_pixels=min_pixels, max_pixels=max_pixels)
-    if (h, w) != clip.shape[1:3]:
-        clip = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BICUBIC)) for f in clip])
-    return clip, float(fps)
+    return np.stack(frames[:usable]), float(fps)
 
 
 def _resample(decoded: list[tuple[float, np.ndarray]], fps: float) -> list[np.ndarray]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import struct
 
 import numpy as np
 
-from megatron_emu3.data.tokens import VOCAB_SIZE, DocKind
+from megatron_emu3.data.tokens import VOCAB_SIZE, DocKind, VisionLayout
 
 MAGIC = b"MMIDIDX\x00\x00"
 INT32_CODE = 4
@@ -38,6 +39,32 @@ def expand_prefixes(prefixes) -> list[str]:
         else:
             out.append(prefix[:-4] if prefix.endswith((".idx", ".bin")) else prefix)
     return out
+
+
+def read_layout(prefix: str) -> VisionLayout:
+    """The vision tokenizer and id layout a shard was written with, from its record ``PREFIX.json``
+    (written by tools/preprocess_data.py); shards without a record, or written before records named
+    the layout, hold Emu3's ids."""
+    record = prefix + ".json"
+    if not os.path.isfile(record):
+        return VisionLayout.from_record(None)
+    try:
+        data = json.loads(open(record, encoding="utf-8").read())
+        return VisionLayout.from_record(data.get("vision_layout"))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{record}: unreadable shard record ({err}); re-run tools/preprocess_data.py") from err
+
+
+def common_layout(named: list[tuple[str, VisionLayout]]) -> VisionLayout:
+    """The one layout of several shards; ValueError naming two shards whose token ids differ."""
+    first_name, first = named[0]
+    for name, layout in named[1:]:
+        if layout.ids() != first.ids():
+            raise ValueError(
+                f"cannot blend shards written with different vision token layouts: {first_name} has "
+                f"{first.describe()}; {name} has {layout.describe()}. Their token ids mean different things: "
+                "preprocess every source with the same vision tokenizer (--vq-dir)")
+    return first
 
 
 class ShardSet:
@@ -94,6 +121,8 @@ class ShardSet:
                              f"{expected_bin}); {_REDO}")
         self.tokens = np.memmap(bin_path, mode="r", dtype=np.int32) if n else np.zeros(0, np.int32)
         self.idx_size, self.bin_size = idx_size, bin_size
+        self.layout = read_layout(prefix)
+        self.vocab_size = self.layout.vocab_size
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -109,12 +138,13 @@ class ShardSet:
         return self.tokens[first:first + length]
 
     def check_tokens(self, doc: int, tokens: np.ndarray) -> None:
-        """ValueError naming shard and document when a token id is outside the Emu3 vocabulary."""
-        if len(tokens) and (tokens.min() < 0 or tokens.max() >= VOCAB_SIZE):
-            bad = tokens[(tokens < 0) | (tokens >= VOCAB_SIZE)][0]
+        """ValueError naming shard and document when a token id is outside the shard's vocabulary."""
+        vocab = self.vocab_size
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab):
+            bad = tokens[(tokens < 0) | (tokens >= vocab)][0]
             raise ValueError(
-                f"{self.prefix}: document {doc} holds token id {int(bad)}, outside the Emu3 vocabulary "
-                f"[0, {VOCAB_SIZE}); the shard was written with another tokenizer: re-run preprocessing"
+                f"{self.prefix}: document {doc} holds token id {int(bad)}, outside the Emu3 vocabulary [0, {vocab}) "
+                f"of {self.layout.describe()}; the shard was written with another tokenizer: re-run preprocessing"
             )
 
     def spot_check(self, count: int = 16, seed: int = 0) -> None:

@@ -9,16 +9,32 @@
 - `decode`: codes -> uint8 pixels (images (H, W, 3), videos (T, H, W, 3)) for inspection/generation.
 Inputs are float pixel values in [-1, 1] (`megatron_emu3.data.media`). bf16 by default on GPU.
 Weights always come from a local directory; nothing is downloaded.
+
+The interface every vision tokenizer offers (what preprocessing, the inspector and generation use):
+
+    layout: tokens.VisionLayout   # name, codebook size, spatial / temporal factor, id of code 0
+    encode_images((B, 3, H, W)) -> (B, H/s, W/s) int64 codes      H, W multiples of s
+    encode_videos((B, T, 3, H, W)) -> (B, T/t, H/s, W/s)          T a multiple of t
+    decode((h, w) | (n, h, w)) -> uint8 (H, W, 3) | (n*t, H, W, 3)
+
+`Emu3VisionTokenizer` implements it for any `Emu3VQVAE` configuration: the factors and codebook come
+from the VQ's config.json (channel_multiplier, temporal_downsample_factor, codebook_size) and the id
+of code 0 from its optional `vision_token_offset` key (default: right after the special tokens), so a
+VQ of other factors or codebook size needs no code. Another architecture implements the four members
+above and is constructed in `load_vision_tokenizer`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from megatron_emu3.data import tokens
 
 
 class VisionTokenizerError(RuntimeError):
@@ -43,39 +59,56 @@ def load_vq_model(vq_dir: str | Path, device: str | torch.device = "cpu", dtype:
     return model.to(device=device, dtype=dtype).eval()
 
 
-def tiny_vq_config():
-    """A random-weight test/demo Emu3VQVAEConfig, ~4.2M parameters: 8x spatial and 4x temporal
-    downsampling and 32,768 codes like the real one, ~0.02 s per 64x64 image on one CPU core.
+def tiny_vq_config(codebook_size: int = 32_768, spatial_factor: int = 8, temporal_factor: int = 4):
+    """A random-weight test/demo Emu3VQVAEConfig, ~4.2M parameters: by default 8x spatial and 4x
+    temporal downsampling and 32,768 codes like the real one, ~0.02 s per 64x64 image on one CPU core.
+    Other factors (powers of 2) and codebook sizes give a second tokenizer of another layout.
     (GroupNorm uses 32 groups, so every channel count must be a multiple of 32.)"""
     from transformers import Emu3VQVAEConfig
 
-    return Emu3VQVAEConfig(base_channels=64, channel_multiplier=[1, 1, 2, 2], num_res_blocks=1,
-                           attn_resolutions=[], embed_dim=4, latent_channels=4, hidden_size=128)
+    levels = spatial_factor.bit_length() - 1
+    if spatial_factor != 2 ** levels or levels < 2:
+        raise ValueError(f"spatial_factor must be a power of 2 >= 4, got {spatial_factor}")
+    # one downsampling per multiplier after the first; the last width (128) is hidden_size
+    return Emu3VQVAEConfig(base_channels=64, channel_multiplier=[1, 1] + [2] * (levels - 1), num_res_blocks=1,
+                           attn_resolutions=[], embed_dim=4, latent_channels=4, hidden_size=128,
+                           codebook_size=codebook_size, temporal_downsample_factor=temporal_factor)
 
 
-def save_tiny_vq(path: str | Path, seed: int = 0) -> Path:
-    """A random tiny Emu3VQVAE written with save_pretrained (tests and the demo; never downloaded)."""
+def save_tiny_vq(path: str | Path, seed: int = 0, **layout) -> Path:
+    """A random tiny Emu3VQVAE written with save_pretrained (tests and the demo; never downloaded);
+    `layout`: codebook_size / spatial_factor / temporal_factor of `tiny_vq_config`."""
     from transformers import Emu3VQVAE
 
     torch.manual_seed(seed)
-    Emu3VQVAE(tiny_vq_config()).eval().save_pretrained(str(path))
+    Emu3VQVAE(tiny_vq_config(**layout)).eval().save_pretrained(str(path))
     return Path(path)
+
+
+def load_vision_tokenizer(vq_dir: str | Path, device: str | torch.device = "cpu",
+                          dtype: torch.dtype | None = None) -> "Emu3VisionTokenizer":
+    """The vision tokenizer saved in `vq_dir` (today: any Emu3VQVAE configuration)."""
+    return Emu3VisionTokenizer.from_dir(vq_dir, device, dtype)
 
 
 class Emu3VisionTokenizer:
     """Pixels <-> codebook indices with an `Emu3VQVAE`."""
 
-    def __init__(self, model):
+    def __init__(self, model, name: str = "Emu3VQVAE"):
         self.model = model.eval()
         cfg = model.config
         self.spatial_factor = 2 ** (len(cfg.channel_multiplier) - 1)
         self.temporal_factor = int(cfg.temporal_downsample_factor)
         self.codebook_size = int(cfg.codebook_size)
+        self.layout = tokens.VisionLayout(name, self.codebook_size, self.spatial_factor, self.temporal_factor,
+                                          int(getattr(cfg, "vision_token_offset", tokens.FIRST_CODE_ID)))
 
     @classmethod
     def from_dir(cls, vq_dir: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None) -> "Emu3VisionTokenizer":
-        return cls(load_vq_model(vq_dir, device, dtype))
+        """Named after its directory and the digest of its config.json (which fixes the layout)."""
+        digest = hashlib.sha256(Path(vq_dir, "config.json").read_bytes()).hexdigest()[:12]
+        return cls(load_vq_model(vq_dir, device, dtype), name=f"Emu3VQVAE {Path(vq_dir).name} (config {digest})")
 
     @property
     def device(self) -> torch.device:

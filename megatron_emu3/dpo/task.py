@@ -122,5 +122,8 @@ class DPOTask:
     def metrics(self, total: torch.Tensor) -> dict:
         return dpo_metrics(total, self.cfg.dpo.sft_weight)
 
+    def launch_metrics(self) -> dict:
+        return {"dpo_train_pairs": len(self.train_ids), "dpo_valid_pairs": len(self.valid_ids)}
+
     def throughput(self, step_time_s: float, world_size: int) -> dict:
         return {"pairs_per_s": self.cfg.data.global_batch_size / step_time_s}

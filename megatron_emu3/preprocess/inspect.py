@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from megatron_emu3.data import documents
-from megatron_emu3.data.tokens import DocKind, is_vision_code
+from megatron_emu3.data.shards import common_layout, read_layout
+from megatron_emu3.data.tokens import EMU3_VISION, DocKind, is_vision_code
 
 
 def shard_prefixes(path: str | Path) -> list[Path]:
@@ -35,6 +36,8 @@ class ShardSet:
 
         self.prefixes = shard_prefixes(path)
         self.datasets = [IndexedDataset(str(p), multimodal=True) for p in self.prefixes]
+        self.layout = common_layout([(str(p), read_layout(str(p))) for p in self.prefixes]) if self.prefixes \
+            else EMU3_VISION
         self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
 
     def __len__(self) -> int:
@@ -57,7 +60,7 @@ class ShardSet:
 def statistics(shards: ShardSet, bins: int = 10) -> dict:
     """Documents by kind, tokens (text / vision), and a length histogram."""
     lengths, kinds = shards.lengths(), shards.kinds()
-    vision = sum(int(is_vision_code(shards[i][0]).sum()) for i in range(len(shards)))
+    vision = sum(int(is_vision_code(shards[i][0], shards.layout).sum()) for i in range(len(shards)))
     counts, edges = np.histogram(lengths, bins=bins) if lengths.size else (np.zeros(0, int), np.zeros(1))
     return {
         "shards": [str(p) for p in shards.prefixes], "documents": len(shards),
@@ -122,7 +125,10 @@ def decode_document(shards: ShardSet, index: int, text_tokenizer, vision_tokeniz
                     video_format: str = "mp4") -> dict:
     """Write document `index` as doc_NNNNN.json (+ .png / .mp4 / .gif); returns the JSON record."""
     ids, kind = shards[index]
-    doc = documents.parse(ids, text_tokenizer)
+    if vision_tokenizer is not None and vision_tokenizer.layout.ids() != shards.layout.ids():
+        raise ValueError(f"the shards hold {shards.layout.describe()}, but the vision tokenizer given is "
+                         f"{vision_tokenizer.layout.describe()}: pass the --vq-dir the shards were written with")
+    doc = documents.parse(ids, text_tokenizer, shards.layout)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"doc_{index:05d}"

@@ -21,7 +21,7 @@ from megatron_emu3.offline.plan import ShardSpec, cut_shards, task_shards
 from megatron_emu3.offline.pool import run_shards
 from megatron_emu3.preprocess.manifest import Manifest
 from megatron_emu3.preprocess.plan import find_duplicates
-from megatron_emu3.preprocess.shards import read_complete, record_path, remove_shard, shard_prefix
+from megatron_emu3.preprocess.shards import RESIZE_KINDS, read_complete, record_path, remove_shard, shard_prefix
 from megatron_emu3.preprocess.worker import Settings, Worker
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def build_report(job: Job, prefixes: dict[int, Path], failed: dict[int, str]) ->
     report = {
         "inputs": 0, "documents_written": 0, "documents_by_kind": {}, "tokens": {"text": 0, "vision": 0},
         "longest_document": 0, "shards": [], "empty_shards": [], "skipped_count": 0, "skipped": [],
+        "resized_to_fit": dict.fromkeys(RESIZE_KINDS, 0),
         "failed_shards": [], "manifests": job.manifest_paths, "task": {"index": job.task_index, "count": job.task_count},
         "settings": job.settings.content(),
     }
@@ -132,6 +133,9 @@ def build_report(job: Job, prefixes: dict[int, Path], failed: dict[int, str]) ->
             report["tokens"][key] += rec["tokens"][key]
         report["longest_document"] = max(report["longest_document"], rec["longest_document"])
         report["skipped"].extend(rec["skipped"])
+        report.setdefault("vision_layout", rec.get("vision_layout"))
+        for key, n in rec.get("resized_to_fit", {}).items():
+            report["resized_to_fit"][key] += n
         (report["shards"] if rec["documents_written"] else report["empty_shards"]).append(str(prefix))
     report["skipped_count"] = len(report["skipped"])
     report["completed"] = not report["failed_shards"]

@@ -2,8 +2,9 @@
 
 Shard k of a run is `{prefix}_{k:05d}.bin` + `.idx` (megatron-core IndexedDataset, int32, one
 document per item, each document's `DocKind` in the per-document modes) and `{prefix}_{k:05d}.json`,
-the shard's record: rows seen, documents and tokens written, every skipped row with its reason, and
-the settings fingerprint. While a shard is written its files are `.{name}.partial.*` in the same
+the shard's record: rows seen, documents and tokens written, every skipped row with its reason, the
+items made smaller to fit the context (`resized_to_fit`, see preprocess/fit.py), the vision
+tokenizer and its id layout (`vision_layout`, `tokens.VisionLayout`) and the settings fingerprint. While a shard is written its files are `.{name}.partial.*` in the same
 directory; `.bin` and `.idx` are renamed first and the record last, so a shard is complete exactly
 when its record exists. A shard whose rows were all skipped has a record and no `.bin`/`.idx`
 (megatron-core cannot open an empty dataset).
@@ -18,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron_emu3.data.tokens import DocKind, is_vision_code
+from megatron_emu3.data.tokens import EMU3_VISION, DocKind, VisionLayout, is_vision_code
 
 SHARD_FORMAT_VERSION = 1
+RESIZE_KINDS = ("image", "video", "video_shortened")
+"""Documents made smaller to fit the context: images scaled down, videos with smaller frames, videos
+with smaller frames and fewer of them."""
 
 
 class ShardMismatchError(RuntimeError):
@@ -64,10 +68,10 @@ def remove_shard(prefix: Path) -> None:
 class ShardWriter:
     """Collects one shard's documents and its record; `commit()` makes it visible atomically."""
 
-    def __init__(self, prefix: Path, fingerprint: str, rows: int):
+    def __init__(self, prefix: Path, fingerprint: str, rows: int, layout: VisionLayout = EMU3_VISION):
         from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-        self.prefix = Path(prefix)
+        self.prefix, self.layout = Path(prefix), layout
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         remove_shard(self.prefix)
         self._tmp = _partial(self.prefix)
@@ -76,11 +80,13 @@ class ShardWriter:
             "format_version": SHARD_FORMAT_VERSION, "fingerprint": fingerprint, "rows": rows,
             "documents_written": 0, "documents_by_kind": {k.name.lower(): 0 for k in DocKind},
             "tokens": {"text": 0, "vision": 0}, "longest_document": 0, "skipped": [],
+            "resized_to_fit": dict.fromkeys(RESIZE_KINDS, 0), "vision_layout": layout.record(),
         }
 
-    def add(self, ids: np.ndarray, kind: DocKind) -> None:
+    def add(self, ids: np.ndarray, kind: DocKind, resized: str | None = None) -> None:
+        """Append one document; `resized` names how it was made smaller to fit (RESIZE_KINDS), if it was."""
         ids = np.asarray(ids, dtype=np.int64)
-        vision = int(is_vision_code(ids).sum())
+        vision = int(is_vision_code(ids, self.layout).sum())
         self._builder.add_item(torch.from_numpy(ids.astype(np.int32)), mode=int(kind))
         self._builder.end_document()
         rec = self.record
@@ -89,6 +95,8 @@ class ShardWriter:
         rec["tokens"]["vision"] += vision
         rec["tokens"]["text"] += int(ids.size) - vision
         rec["longest_document"] = max(rec["longest_document"], int(ids.size))
+        if resized is not None:
+            rec["resized_to_fit"][resized] += 1
 
     def skip(self, entry: dict) -> None:
         self.record["skipped"].append(entry)

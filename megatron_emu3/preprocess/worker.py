@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 
 from megatron_emu3.data import documents, media
-from megatron_emu3.data.tokens import DocKind
+from megatron_emu3.data.tokens import EMU3_VISION, DocKind, VisionLayout
+from megatron_emu3.preprocess import fit
 from megatron_emu3.preprocess.manifest import Manifest, Row, RowError
 from megatron_emu3.offline.plan import ShardSpec
 from megatron_emu3.preprocess.shards import ShardWriter, shard_prefix
@@ -32,13 +33,15 @@ class Settings:
     output_prefix: str
     vq_dir: str | None
     tokenizer_dir: str | None = None
-    min_pixels: int = media.DEFAULT_MIN_PIXELS
-    max_pixels: int = media.DEFAULT_MAX_PIXELS
+    min_pixels: int = fit.STAGES[fit.DEFAULT_STAGE]["min_pixels"]
+    max_pixels: int = fit.STAGES[fit.DEFAULT_STAGE]["max_pixels"]
     video_fps: float = 8.0
     video_max_seconds: float = 4.0
     video_min_pixels: int = 128 * 128
     video_max_pixels: int = 512 * 512
-    max_seq_len: int = 5120
+    max_seq_len: int = fit.STAGES[fit.DEFAULT_STAGE]["max_seq_len"]
+    fit_to_context: bool = True
+    """Shrink a vision document that would exceed max_seq_len (preprocess/fit.py) instead of skipping it."""
     shard_size: int = 1000
     keep_duplicates: bool = False
     max_image_pixels: int | None = None
@@ -63,6 +66,7 @@ class Prepared:
     fps: float | None = None
     codes: np.ndarray | None = None
     doc: np.ndarray | None = None
+    resized: str | None = None  # "image" | "video" | "video_shortened": made smaller to fit max_seq_len
 
 
 def skip_entry(row: Row | RowError, field: str | None, reason: str, path: str | None = None) -> dict:
@@ -90,10 +94,15 @@ class Worker:
     @property
     def vq(self):
         if self._vq is None:
-            from megatron_emu3.data.vision_tokenizer import Emu3VisionTokenizer
+            from megatron_emu3.data.vision_tokenizer import load_vision_tokenizer
 
-            self._vq = Emu3VisionTokenizer.from_dir(self.settings.vq_dir, device=self.device)
+            self._vq = load_vision_tokenizer(self.settings.vq_dir, device=self.device)
         return self._vq
+
+    @property
+    def layout(self) -> VisionLayout:
+        """The id layout of the vision tokenizer (Emu3's when the run has none)."""
+        return EMU3_VISION if self.settings.vq_dir is None else self.vq.layout
 
     # -- one row -------------------------------------------------------------------------------
     def prepare(self, item: Row | RowError, duplicate_of: tuple[str, int] | None) -> Prepared | dict:
@@ -112,28 +121,52 @@ class Worker:
         understanding = item.task == "understanding"
         try:
             if item.media_field == "image":
-                pixels = media.prepare_image(item.media, s.min_pixels, s.max_pixels)
-                kind = DocKind.IMAGE_UNDERSTANDING if understanding else DocKind.IMAGE_GENERATION
-                grid, meta = (1, *[d // 8 for d in pixels.shape[-2:]]), documents.VisionMeta(
-                    pixels.shape[-2] // 8, pixels.shape[-1] // 8)
-                fps = None
+                prepared = self._prepare_image(item, text_ids, understanding)
             else:
-                frames, fps = media.decode_video(item.media, s.video_fps, s.video_max_seconds,
-                                                 s.video_min_pixels, s.video_max_pixels)
-                pixels = media.to_pixel_values(frames)
-                kind = DocKind.VIDEO_UNDERSTANDING if understanding else DocKind.VIDEO_GENERATION
-                t, h, w = frames.shape[0] // 4, frames.shape[1] // 8, frames.shape[2] // 8
-                grid = (t, h, w)
-                meta = documents.VisionMeta(h, w, t, fps, round(t * 4 / fps, 2))
+                prepared = self._prepare_video(item, text_ids, understanding)
         except media.MediaError as err:
             return skip_entry(item, item.media_field, str(err), item.media_label)
-        length = documents.vision_document_length(len(text_ids), len(self.text.encode(meta.text())), *grid)
-        if length > s.max_seq_len:
+        if prepared is None:
+            image = item.media_field == "image"
+            floor = "--min-pixels" if image else "--video-min-pixels and one latent frame"
+            why = (f"even at the minimum area ({floor})" if s.fit_to_context
+                   else "at the area range (--no-fit-to-context)")
             return skip_entry(item, item.media_field, (
-                f"the document would have {length} tokens, more than --max-seq-len {s.max_seq_len} (never truncated); "
-                "lower --max-pixels / --video-max-pixels / --video-max-seconds or raise --max-seq-len"),
-                item.media_label)
-        return Prepared(item, kind, text_ids, pixels=pixels, fps=fps)
+                f"the document does not fit --max-seq-len {s.max_seq_len} {why}; never truncated: shorten the "
+                "caption, lower the minimum area or raise --max-seq-len"), item.media_label)
+        return prepared
+
+    def _doc_length(self, text_ids: list[int], meta: documents.VisionMeta) -> int:
+        return documents.vision_document_length(len(text_ids), len(self.text.encode(meta.text())),
+                                                meta.frames or 1, meta.height, meta.width)
+
+    def _prepare_image(self, item: Row, text_ids: list[int], understanding: bool) -> Prepared | None:
+        s, factor = self.settings, self.layout.spatial_factor
+        img = media.load_image(item.media, min_side=factor)
+        size = fit.fit_image(img.height, img.width, lambda h, w: self._doc_length(text_ids, documents.VisionMeta(h, w)),
+                             s.max_seq_len, s.min_pixels, s.max_pixels, factor, s.fit_to_context)
+        if size is None:
+            return None
+        pixels = media.to_pixel_values(np.asarray(media.resize_to(img, size.height, size.width)))
+        kind = DocKind.IMAGE_UNDERSTANDING if understanding else DocKind.IMAGE_GENERATION
+        return Prepared(item, kind, text_ids, pixels=pixels, resized="image" if size.resized else None)
+
+    def _prepare_video(self, item: Row, text_ids: list[int], understanding: bool) -> Prepared | None:
+        s, layout = self.settings, self.layout
+        factor, temporal = layout.spatial_factor, layout.temporal_factor
+        clip, fps = media.read_video(item.media, s.video_fps, s.video_max_seconds, multiple=temporal)
+
+        def length(t: int, h: int, w: int) -> int:
+            return self._doc_length(text_ids, documents.video_meta(t, h, w, fps, layout))
+
+        size = fit.fit_video(clip.shape[0], clip.shape[1], clip.shape[2], length, s.max_seq_len,
+                             s.video_min_pixels, s.video_max_pixels, factor, temporal, s.fit_to_context)
+        if size is None:
+            return None
+        pixels = media.to_pixel_values(media.resize_frames(clip[:size.frames], size.height, size.width))
+        kind = DocKind.VIDEO_UNDERSTANDING if understanding else DocKind.VIDEO_GENERATION
+        resized = ("video_shortened" if size.shortened else "video") if size.resized else None
+        return Prepared(item, kind, text_ids, pixels=pixels, fps=fps, resized=resized)
 
     # -- the VQ over a window ------------------------------------------------------------------
     def _encode_group(self, items: list[Prepared], video: bool) -> None:
@@ -170,14 +203,15 @@ class Worker:
                 self._encode_group(items[start:start + self.settings.batch_size], video)
         for p in window:
             if isinstance(p, Prepared) and p.doc is None and isinstance(p.codes, np.ndarray):
-                meta = documents.VisionMeta(*p.codes.shape[-2:]) if p.fps is None else documents.VisionMeta(
-                    p.codes.shape[1], p.codes.shape[2], p.codes.shape[0], p.fps, round(p.codes.shape[0] * 4 / p.fps, 2))
-                p.doc = documents.format_vision(p.kind, p.text_ids, p.codes, meta, self.text)
+                meta = documents.VisionMeta(*p.codes.shape[-2:]) if p.fps is None else documents.video_meta(
+                    *p.codes.shape, p.fps, self.layout)
+                p.doc = documents.format_vision(p.kind, p.text_ids, p.codes, meta, self.text, self.layout)
 
     # -- one shard -----------------------------------------------------------------------------
     def process_shard(self, spec: ShardSpec, manifest: Manifest, duplicates: dict, fingerprint: str,
                       progress: Callable[[int], None] = lambda n: None) -> dict:
-        writer = ShardWriter(shard_prefix(self.settings.output_prefix, spec.index), fingerprint, spec.num_rows)
+        writer = ShardWriter(shard_prefix(self.settings.output_prefix, spec.index), fingerprint, spec.num_rows,
+                             self.layout)
         window: list[Prepared | dict] = []
 
         def flush():
@@ -188,7 +222,7 @@ class Worker:
                 elif p.doc is None:
                     writer.skip(skip_entry(p.row, p.row.media_field, p.codes, p.row.media_label))
                 else:
-                    writer.add(p.doc, p.kind)
+                    writer.add(p.doc, p.kind, p.resized)
             self.rows_done += len(window)
             progress(len(window))
             if self.settings.debug_crash == spec.index:

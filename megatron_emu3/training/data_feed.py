@@ -27,7 +27,13 @@ def build_datasets(cfg: Config):
     train_samples = cfg.train.iters * cfg.data.global_batch_size
     evaluations = cfg.train.iters // cfg.train.eval_interval if cfg.train.eval_interval else 0
     valid_samples = (evaluations + 1) * cfg.train.eval_iters * cfg.data.global_batch_size if evaluations else None
-    return build_shard_datasets(cfg.data, cfg.data.seq_length, cfg.seed, train_samples, valid_samples)
+    train, valid = build_shard_datasets(cfg.data, cfg.data.seq_length, cfg.seed, train_samples, valid_samples)
+    layout = train.corpus.layout
+    if layout.vocab_size > cfg.model.vocab_size:
+        raise ValueError(f"the data's token ids reach {layout.vocab_size - 1} ({layout.describe()}) but "
+                         f"model.vocab_size={cfg.model.vocab_size}; set model.vocab_size={layout.vocab_size} "
+                         "(or preprocess with the vision tokenizer this model was built for)")
+    return train, valid
 
 
 def build_train_dataset(cfg: Config):

@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from megatron_emu3.data.tokens import FIRST_VISION_CODE, VOCAB_SIZE
+from megatron_emu3.data.tokens import FIRST_VISION_CODE
 
 STAT_KEYS = ("weighted_ce", "weight", "text_ce", "text_count", "vision_ce", "vision_count")
 
@@ -35,7 +35,7 @@ def loss_sums(ce: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> 
     ce = ce.double()
     w = weights.double()
     counted = weights > 0
-    vision = counted & (labels >= FIRST_VISION_CODE) & (labels < VOCAB_SIZE)
+    vision = counted & (labels >= FIRST_VISION_CODE)  # every id past the specials is a code, in any layout
     text = counted & ~vision
     return {
         "weighted_ce": (ce * w).sum(),

@@ -86,6 +86,15 @@ class PretrainTask:
     def metrics(self, total: torch.Tensor) -> dict:
         return global_loss(total)
 
+    def launch_metrics(self) -> dict:
+        """Shard datasets: the vision documents left out as too long for a sample, per source."""
+        info = getattr(self.train_set, "info", None)
+        if not info:
+            return {}
+        from megatron_emu3.data.dataset import data_metrics
+
+        return data_metrics(info)
+
     def throughput(self, step_time_s: float, world_size: int) -> dict:
         tokens = self.cfg.data.global_batch_size * self.cfg.data.seq_length
         # Model FLOPs (parallel/planner.py: causal attention counted as half over the whole sample, as

@@ -45,5 +45,8 @@ class Task(Protocol):
     def metrics(self, total: torch.Tensor) -> dict:
         """Metrics of the global batch from the sums added up over micro-batches and ranks."""
 
+    def launch_metrics(self) -> dict:
+        """Figures about the data of this launch, logged once with its first step (or {})."""
+
     def throughput(self, step_time_s: float, world_size: int) -> dict:
         """Throughput figures of one step (tokens/s, model TFLOP/s per GPU), or {}."""

@@ -194,6 +194,7 @@ def _loop(run: Run, task: Task) -> bool:
     metrics = MetricsWriter(cfg.run_dir, ctx.rank == 0, cfg.logging.tensorboard)
     logger.info("%s steps %d..%d: %s, global batch %d x %d tokens", task.name, state.step + 1, cfg.train.iters,
                 ctx.describe(), cfg.data.global_batch_size, cfg.data.seq_length)
+    launch_record = task.launch_metrics()  # e.g. oversize documents left out: in this launch's first record
     stop = StopFlag().install()
     saved_step = state.step if find_latest(checkpoint_dir(cfg)) else None
     saver = AsyncSaver() if cfg.checkpoint.async_save else None
@@ -213,7 +214,8 @@ def _loop(run: Run, task: Task) -> bool:
             if cfg.train.eval_interval and state.step % cfg.train.eval_interval == 0:
                 result.update(evaluate(run, task, state.step // cfg.train.eval_interval - 1))
             if state.step % cfg.logging.log_interval == 0 or state.step == cfg.train.iters:
-                metrics.write({"step": state.step, **result})
+                metrics.write({"step": state.step, **result, **launch_record})
+                launch_record = {}
             if saver is not None:
                 saver.poll()
             interval = cfg.checkpoint.interval

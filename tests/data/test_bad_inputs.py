@@ -8,7 +8,7 @@ import pytest
 
 from megatron_emu3.config.schema import DataConfig, DataSource
 from megatron_emu3.data.blend import BlendSpec, DataSourceSpec, normalise_weights, parse_split
-from megatron_emu3.data.dataset import blend_spec_from_config, build_datasets
+from megatron_emu3.data.dataset import blend_spec_from_config, build_datasets, data_metrics
 from megatron_emu3.data.shards import ShardSet
 from megatron_emu3.data.tokens import VOCAB_SIZE, DocKind
 from tests.data.shard_factory import generation_doc, random_shard, text_doc, write_shard
@@ -91,8 +91,12 @@ def test_oversize_vision_document_skip_counts_or_errors(tmp_path, caplog):
     docs = [text_doc(rng, 10), generation_doc(rng, 2, 8, 8), text_doc(rng, 100)]
     prefix = write_shard(str(tmp_path / "a"), docs, [DocKind.TEXT, DocKind.IMAGE_GENERATION, DocKind.TEXT])
     with caplog.at_level(logging.WARNING):
-        train, _ = build_datasets(one(prefix), 32, 0, None)
+        train, _ = build_datasets(one(prefix, max_oversize_fraction=0.5), 32, 0, None)
     assert train.info["skipped_oversize_vision"] == {prefix: 1}
+    assert data_metrics(train.info) == {"data_oversize_vision_skipped": 1, "data_oversize_vision_fraction": 1 / 3}
+    with pytest.raises(ValueError, match=r"33.3% of its 3 documents, more than data.max_oversize_fraction=0.01\. "
+                                         r"These shards were tokenized for a longer context.*--stage"):
+        build_datasets(one(prefix), 32, 0, None)  # the default threshold refuses to start
     assert "1 vision document(s) longer than the window of 33 tokens (first:" in caplog.text
     assert "document 1, 85 tokens" in caplog.text
     with pytest.raises(ValueError, match="document 1, 85 tokens.*set data.oversize_vision=skip"):

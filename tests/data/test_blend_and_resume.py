@@ -72,7 +72,7 @@ def test_sampler_errors():
 @pytest.mark.parametrize("k", [1, 3])
 def test_resume_after_k_steps_sees_the_same_next_samples(tmp_path, k):
     prefix, _, _ = random_shard(str(tmp_path / "a"), 60, seed=11)
-    blend = BlendSpec(sources=(DataSourceSpec((prefix,), 1.0),), split=(1.0, 0.0))
+    blend = BlendSpec(sources=(DataSourceSpec((prefix,), 1.0),), split=(1.0, 0.0), max_oversize_fraction=1.0)
     gbs, mbs, dp, steps = 8, 2, 2, 6
     train, _ = build_datasets(blend, 40, seed=3, train_samples=gbs * steps)
 
@@ -104,7 +104,7 @@ def test_dataset_batches_feed_cp_split_and_loss_sums(tmp_path):
     from megatron_emu3.training.loss import loss_sums, stack_sums
 
     prefix, _, _ = random_shard(str(tmp_path / "a"), 40, kinds=(0, 1, 2, 3, 4), seed=5)
-    blend = BlendSpec(sources=(DataSourceSpec((prefix,), 1.0),), split=(1.0, 0.0))
+    blend = BlendSpec(sources=(DataSourceSpec((prefix,), 1.0),), split=(1.0, 0.0), max_oversize_fraction=1.0)
     train, _ = build_datasets(blend, 48, seed=0, train_samples=8)
     micro = BatchSampler(len(train), 4, 8, 0, 1).micro_batches(0)[0]
     batch = collate([train[i] for i in micro])

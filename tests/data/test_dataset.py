@@ -21,6 +21,8 @@ from tests.data.shard_factory import random_shard
 
 
 def spec(*sources, split=(1.0, 0.0), **kw):
+    # these tests drop many oversize documents on purpose: the refusal threshold is tested in test_bad_inputs
+    kw.setdefault("max_oversize_fraction", 1.0)
     return BlendSpec(sources=tuple(DataSourceSpec((p,), w) for p, w in sources), split=split, **kw)
 
 

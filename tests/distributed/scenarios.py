@@ -129,7 +129,7 @@ def one_step_te_reference(overrides: list[str], init_path: str | None) -> dict:
     layers = resolve_config(RECIPE, overrides).model.num_layers
     saved = spec.te_available, spec.te_layer_spec
     spec.te_available = lambda: (True, "reference THD attention standing in for Transformer Engine")
-    spec.te_layer_spec = lambda: spec.local_block_spec(layers, ReferenceTHDAttention)
+    spec.te_layer_spec = lambda qk_layernorm=False: spec.local_block_spec(layers, ReferenceTHDAttention, qk_layernorm)
     try:
         return one_step(overrides + ["parallel.attention_backend=te"], init_path)
     finally:  # the rank processes are reused by later scenarios

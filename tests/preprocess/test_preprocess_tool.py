@@ -98,7 +98,8 @@ def build_bad_corpus(root: Path):
         (b"{not json\n", (None, "not valid JSON")),
         (b"\n", (None, "blank line")),
         ({"text": "weird task", "task": "captioning"}, ("task", "must be one of")),
-        ({"text": "too long", "image": "media/big.png"}, ("image", "--max-seq-len")),
+        ({"text": "shrunk to fit", "image": "media/big.png"}, None),
+        ({"text": "caption " * 390, "image": "media/good.png"}, ("image", "--max-seq-len 400 even at the minimum")),
         (good(2), None),
     ]
     return write_jsonl(root / "manifest.jsonl", [r for r, _ in rows]), rows
@@ -130,7 +131,11 @@ def test_bad_input_corpus(tmp_path, vq_dir, text_tokenizer):
     kinds = [k.name for k, _ in docs]
     assert kinds[:4] == ["TEXT", "IMAGE_GENERATION", "IMAGE_UNDERSTANDING", "VIDEO_GENERATION"]
     assert all(k == d.kind for k, d in docs)
-    assert report["documents_by_kind"]["image_generation"] == 5
+    assert report["documents_by_kind"]["image_generation"] == 6
+    assert report["resized_to_fit"] == {"image": 1, "video": 0, "video_shortened": 0}
+    shrunk = docs[[text_tokenizer.decode(d.text_ids.tolist()) for _, d in docs].index("shrunk to fit")][1]
+    assert shrunk.codes.shape[0] == shrunk.codes.shape[1] and shrunk.codes.size < (192 // 8) ** 2  # square kept
+    assert max(len(ids) for ids, _ in (inspect.ShardSet(tmp_path / "out" / "s")[i] for i in range(len(docs)))) <= 400
     assert report["tokens"]["vision"] == sum(int(d.codes.size) for _, d in docs if d.codes is not None)
 
 

@@ -101,7 +101,7 @@ def test_torch_varlen_refuses_attention_dropout_in_training():
 ])
 def test_auto_picks_the_best_available_and_says_why(monkeypatch, te, flash, varlen, dropout, backend, cp, expected, fmt):
     monkeypatch.setattr(spec, "te_available", lambda: (te, "te: test"))
-    monkeypatch.setattr(spec, "te_layer_spec", lambda: "te spec")
+    monkeypatch.setattr(spec, "te_layer_spec", lambda qk_layernorm=False: "te spec")
     monkeypatch.setattr(spec, "flash_available", lambda: (flash, "flash: test"))
     monkeypatch.setattr(spec, "torch_varlen_available", lambda: (varlen, "varlen: test"))
     monkeypatch.setattr(FlashVarlenCoreAttention, "kernel_loader", staticmethod(lambda: reference_varlen))
