@@ -55,3 +55,9 @@ def test_planner_and_dry_run_do_not_import_megatron_core():
     proc = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_config_is_the_bottom_layer():
+    for path in _modules("config"):
+        bad = [m for m in _imports(path) if m.startswith("megatron_emu3.") and not m.startswith("megatron_emu3.config")]
+        assert not bad, f"config/{path.name} imports {bad}"
