@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
-from megatron_emu3.data.tokens import VOCAB_SIZE
+# The Emu3 tokenizer's vocabulary: 151,643 Qwen BPE ids + 211 specials + 32,768 vision codes. The one
+# home of token ids is data/tokens.py (tests/unit/test_config.py pins the two equal); config/ is the
+# bottom layer and imports nothing from the rest of the package.
+EMU3_VOCAB_SIZE = 184_622
 
 MODEL_PRESETS: dict[str, dict] = {
     "emu3_8b": dict(
@@ -16,7 +19,7 @@ MODEL_PRESETS: dict[str, dict] = {
         ffn_hidden_size=14336,
         num_attention_heads=32,
         num_query_groups=8,
-        vocab_size=VOCAB_SIZE,
+        vocab_size=EMU3_VOCAB_SIZE,
         rope_base=1_000_000,
         norm_eps=1e-5,
         hidden_dropout=0.1,
@@ -57,7 +60,7 @@ MODEL_PRESETS: dict[str, dict] = {
         ffn_hidden_size=176,
         num_attention_heads=4,
         num_query_groups=2,
-        vocab_size=VOCAB_SIZE,
+        vocab_size=EMU3_VOCAB_SIZE,
         rope_base=1_000_000,
         norm_eps=1e-5,
         hidden_dropout=0.0,

@@ -11,7 +11,6 @@ import math
 from megatron_emu3.config.loading import ConfigError
 from megatron_emu3.config import schema
 from megatron_emu3.config.schema import Config
-from megatron_emu3.data.tokens import VOCAB_SIZE
 
 CHOICES = {
     "data.source": schema.DATA_SOURCES,
@@ -130,9 +129,6 @@ def validate_config(cfg: Config, world_size: int = 1) -> None:
         fail(f"model.num_query_groups={m.num_query_groups} and parallel.tp={p.tp}: one must divide the other")
     if m.ffn_hidden_size % p.tp:
         fail(f"model.ffn_hidden_size={m.ffn_hidden_size} is not divisible by parallel.tp={p.tp}")
-    if m.vocab_size < VOCAB_SIZE and d.source != "synthetic":
-        fail(f"model.vocab_size={m.vocab_size} is smaller than the Emu3 tokenizer's {VOCAB_SIZE} ids "
-             f"(highest id {VOCAB_SIZE - 1}); set model.vocab_size={VOCAB_SIZE}")
     if d.source == "synthetic" and d.synthetic_vocab > m.vocab_size:
         fail(f"data.synthetic_vocab={d.synthetic_vocab} exceeds model.vocab_size={m.vocab_size} "
              f"(highest token id must be below the vocab); lower data.synthetic_vocab")

@@ -95,8 +95,6 @@ RULES = [
     (["parallel.tp=8"], 8, r"num_attention_heads=4 is not divisible by parallel.tp=8"),
     (["parallel.cp=2", "data.seq_length=66"], 2, r"seq_length=66 is not divisible by 2\*parallel.cp=4"),
     (["parallel.tp=2"], 3, r"world size 3 is not divisible by parallel.tp\*cp\*pp"),
-    (["model.vocab_size=1000", "data.source=shards", "data.sources=[{prefix: x, weight: 1}]"], 1,
-     r"vocab_size=1000 is smaller than the Emu3 tokenizer's 184622"),
     (["data.global_batch_size=6", "data.micro_batch_size=4"], 1, r"global_batch_size=6 is not divisible"),
     (["parallel.sequence_parallel=true"], 1, r"sequence_parallel=true needs parallel.tp > 1"),
     (["parallel.pp=2", "model.num_layers=3"], 2, r"num_layers=3 is not divisible by parallel.pp=2"),
@@ -127,3 +125,10 @@ def test_fused_kernels_translate_to_megatron_fusions(choice, expected):
     tc = transformer_config(resolve_config(None, ["preset=tiny", f"train.fused_kernels={choice}"]))
     assert tc.bias_activation_fusion is expected and tc.bias_dropout_fusion is expected
     assert not tc.apply_rope_fusion and not tc.gradient_accumulation_fusion and not tc.cross_entropy_loss_fusion
+
+
+def test_preset_vocabulary_is_the_tokenizers():
+    from megatron_emu3.config.presets import EMU3_VOCAB_SIZE
+    from megatron_emu3.data import tokens
+
+    assert EMU3_VOCAB_SIZE == tokens.VOCAB_SIZE == tokens.EMU3_VISION.vocab_size
