@@ -30,8 +30,11 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash examples/demo.sh
 
+# Two pytest-xdist workers: each test file stays on one worker, the Slurm tests share one (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: install-dev
-	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@set +e; $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 clean-demo:

@@ -1,10 +1,20 @@
-"""Shared pytest setup: markers and the GPU skip."""
+"""Shared pytest setup: the GPU skip, and how tests are spread over workers.
+
+`make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). Every test file stays on
+one worker (its module fixtures are built once), and every test that talks to the local Slurm runs
+on the same worker (one daemon, one queue).
+"""
 
 import pytest
 import torch
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = "slurm" if item.get_closest_marker("slurm") is not None else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run on the lent GPU machine with -m gpu)")

@@ -85,7 +85,8 @@ class _Pool:
                 p.join()
 
 
-_POOLS: dict[int, _Pool] = {}
+_POOLS: dict[int, _Pool] = {}  # most recently used last
+MAX_POOLS = 2  # each rank holds ~1 GB (torch + megatron-core); two pytest workers share the machine
 
 
 @atexit.register
@@ -97,9 +98,12 @@ def _close_pools() -> None:
 
 def run_ranks(world_size: int, fn, *args, timeout: float = 300.0) -> list:
     """Call `fn(*args)` on `world_size` ranks; returns the results ordered by rank."""
-    pool = _POOLS.get(world_size)
+    pool = _POOLS.pop(world_size, None)
     if pool is None or not pool.alive():
-        pool = _POOLS[world_size] = _Pool(world_size)
+        while len(_POOLS) >= MAX_POOLS:
+            _POOLS.pop(next(iter(_POOLS))).close()
+        pool = _Pool(world_size)
+    _POOLS[world_size] = pool
     port = free_port()
     for q in pool.tasks:
         q.put((port, fn, args))
