@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from megatron_emu3.data.sample import collate
 from megatron_emu3.dpo.shards import Preference

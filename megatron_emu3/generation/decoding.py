@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from megatron.core.inference.contexts import StaticInferenceContext
 
 from megatron_emu3.model.build import unwrap

@@ -4,17 +4,16 @@ a kill during a save leaves the previous checkpoint loadable, and resuming a fin
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from megatron_emu3.checkpoint import layout
+from tests.distributed.runs import records, wait_for_step
 
 REPO = Path(__file__).resolve().parents[2]
 ITERS = 60
@@ -42,24 +41,7 @@ def _port() -> int:
 
 def _losses(run_dir: Path) -> dict[int, float]:
     """Last logged loss of each step (a resumed run appends the steps it redoes)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        out[record["step"]] = record["loss"]
-    return out
-
-
-def _wait_for_step(run_dir: Path, step: int, proc, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and any(json.loads(l)["step"] >= step for l in metrics.read_text().splitlines() if l):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run exited early:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.01)
-    proc.kill()
-    raise AssertionError(f"step {step} not reached in {timeout}s")
+    return {step: record["loss"] for step, record in records(run_dir).items()}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +54,7 @@ def uninterrupted(tmp_path_factory):
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     proc = _train(run_dir, wait=False)
-    _wait_for_step(run_dir, 12, proc)
+    wait_for_step(run_dir, 12, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (run_dir / "COMPLETE").exists(), "the run finished before the kill; raise ITERS"

@@ -4,7 +4,6 @@ ranks die with a SIGKILLed launcher, and a second launch into a live run's direc
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 
 from megatron_emu3.checkpoint import layout
 from tests.distributed.launcher import free_port
+from tests.distributed.runs import records, wait_for_step
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "examples/recipes/tiny.yaml")
@@ -42,24 +42,6 @@ def _run(module: str, ranks: int, *args: str, timeout: float = 400) -> str:
     return out
 
 
-def _records(run_dir: Path) -> dict[int, dict]:
-    """The last logged record of each step (a resumed run appends the steps it redoes)."""
-    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
-
-
-def _wait_for_step(run_dir: Path, step: int, proc, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and any(json.loads(l)["step"] >= step for l in metrics.read_text().splitlines() if l):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run exited early:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError(f"step {step} not reached in {timeout}s")
-
-
 LAYOUT_ARGS = ["--config", TINY, "train.iters=3", "checkpoint.save_at_end=false", "optimizer.warmup_iters=1"]
 
 
@@ -78,7 +60,7 @@ def test_layout_logs_the_same_losses_as_one_rank(tmp_path_factory, ranks, layout
         _run("megatron_emu3.train", 1, *LAYOUT_ARGS, f"run_dir={reference}")
     run_dir = tmp_path_factory.mktemp("layout") / "run"
     _run("megatron_emu3.train", ranks, *LAYOUT_ARGS, *layout_args, f"run_dir={run_dir}")
-    want, got = _records(reference), _records(run_dir)
+    want, got = records(reference), records(run_dir)
     assert sorted(got) == [1, 2, 3]
     for step in want:
         assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-5), (step, layout_args)
@@ -104,7 +86,7 @@ def _dpo_args(prefs: str, run_dir: Path, *extra: str) -> list[str]:
 def test_dpo_sigusr1_saves_exits_and_resumes_bitwise_with_async_saves(prefs, tmp_path):
     straight = tmp_path / "straight"
     _run("megatron_emu3.dpo.train", 1, *_dpo_args(prefs, straight))
-    want = _records(straight)
+    want = records(straight)
     assert sorted(want) == list(range(1, 9))
     for step in (2, 4, 6, 8):  # held-out pairs scored at every evaluation
         assert {"valid_margin", "valid_accuracy", "valid_dpo_loss"} <= set(want[step]), want[step]
@@ -112,7 +94,7 @@ def test_dpo_sigusr1_saves_exits_and_resumes_bitwise_with_async_saves(prefs, tmp
 
     run_dir = tmp_path / "signalled"
     proc = _launch("megatron_emu3.dpo.train", 1, *_dpo_args(prefs, run_dir, "checkpoint.async_save=true"))
-    _wait_for_step(run_dir, 3, proc)
+    wait_for_step(run_dir, 3, proc)
     os.kill(proc.pid, signal.SIGUSR1)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
@@ -122,7 +104,7 @@ def test_dpo_sigusr1_saves_exits_and_resumes_bitwise_with_async_saves(prefs, tmp
     assert 3 <= saved < 8
     out = _run("megatron_emu3.dpo.train", 1, *_dpo_args(prefs, run_dir, "checkpoint.async_save=true"))
     assert f"at step {saved}" in out
-    got = _records(run_dir)
+    got = records(run_dir)
     assert sorted(got) == list(range(1, 9))
     for step in range(1, 9):
         for key in ("loss", "margin", "accuracy", "grad_norm"):
@@ -156,7 +138,7 @@ def test_launcher_sigkill_takes_its_ranks_and_a_live_run_dir_is_refused(tmp_path
                 "model.hidden_dropout=0.1", "model.attention_dropout=0.1"]
 
     proc = _launch("megatron_emu3.train", 2, *args(400))
-    _wait_for_step(run_dir, 2, proc)
+    wait_for_step(run_dir, 2, proc)
     ranks = _descendants(proc.pid)
     assert len(ranks) >= 2, ranks
 
@@ -178,7 +160,7 @@ def test_launcher_sigkill_takes_its_ranks_and_a_live_run_dir_is_refused(tmp_path
     assert (run_dir / "COMPLETE").read_text().strip() == str(saved + 2)
     straight = tmp_path / "straight"
     _run("megatron_emu3.train", 2, *args(saved + 2, straight))
-    resumed, want = _records(run_dir), _records(straight)
+    resumed, want = records(run_dir), records(straight)
     assert sorted(resumed) == list(range(1, saved + 3))
     for step in want:
         assert resumed[step]["loss"] == want[step]["loss"], step
