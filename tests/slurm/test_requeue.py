@@ -16,10 +16,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def test_signal_saves_requeues_and_resumes(slurm, cleanup_jobs, tmp_path):
+    """Under pipeline parallelism (2 stages), which the launch scripts take like any other dimension."""
     run_dir = tmp_path / "preempt"
     iters = 300  # long enough (10-40 s on 2 cores) that the signal lands mid-run
     (job,) = run_script("submit.sh", str(TINY), "--run-dir", str(run_dir), "--name", "emu3-preempt", *CPU_SHAPE,
-                        "--", *FAST, f"train.iters={iters}", env=job_env())
+                        "--", *FAST, f"train.iters={iters}", "parallel.pp=2", env=job_env())
 
     wait_for(lambda: len(metrics_steps(run_dir)) >= 3 and job_info(job)["JobState"] == "RUNNING", 120,
              "the first training steps", poll=0.2, describe=lambda: tail_logs(run_dir))
