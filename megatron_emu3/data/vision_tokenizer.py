@@ -62,6 +62,32 @@ def save_tiny_vq(path: str | Path, seed: int = 0) -> Path:
     return Path(path)
 
 
+def spatial_latents(model, frames: torch.Tensor) -> torch.Tensor:
+    """The per-frame (2-D) half of `Emu3VQVAE.encoder`: frames (N, 3, H, W) -> (N, C, H/8, W/8).
+    Differentiable (the VQ trainer uses it too)."""
+    enc = model.encoder
+    hidden = enc.conv_in(frames)
+    hidden = enc.down_block(hidden)
+    hidden = enc.middle_block(hidden)
+    hidden = enc.norm_out(hidden)
+    hidden = hidden * torch.sigmoid(hidden)
+    return enc.conv_out(hidden)
+
+
+def temporal_latents(model, hidden: torch.Tensor, temporal: int) -> torch.Tensor:
+    """Spatial latents ((B*T), C, h, w) -> pre-quantisation latents (B, T/4, embed_dim, h, w): the
+    encoder's temporal convolutions and `quant_conv`, as in `Emu3VQVAE.encode`."""
+    enc = model.encoder
+    hidden = hidden.reshape(-1, temporal, *hidden.shape[1:]).permute(0, 2, 1, 3, 4)
+    for conv in enc.time_conv:
+        hidden = conv(hidden)
+        hidden = hidden * torch.sigmoid(hidden)
+    for layer in enc.time_res_stack:
+        hidden = layer(hidden)
+    hidden = model.quant_conv(hidden)  # b c t h w
+    return hidden.permute(0, 2, 1, 3, 4)
+
+
 class Emu3VisionTokenizer:
     """Pixels <-> codebook indices with an `Emu3VQVAE`."""
 
@@ -96,24 +122,10 @@ class Emu3VisionTokenizer:
 
     def _codes_from_latents(self, hidden: torch.Tensor, temporal: int) -> torch.Tensor:
         """Spatial encoder output ((B*T), C, h, w) -> codes (B, T/4, h, w): temporal convs + quantizer."""
-        enc = self.model.encoder
-        hidden = hidden.reshape(-1, temporal, *hidden.shape[1:]).permute(0, 2, 1, 3, 4)
-        for conv in enc.time_conv:
-            hidden = conv(hidden)
-            hidden = hidden * torch.sigmoid(hidden)
-        for layer in enc.time_res_stack:
-            hidden = layer(hidden)
-        hidden = self.model.quant_conv(hidden)  # b c t h w
-        return self.model.quantize(hidden.permute(0, 2, 1, 3, 4))
+        return self.model.quantize(temporal_latents(self.model, hidden, temporal))
 
     def _spatial(self, frames: torch.Tensor) -> torch.Tensor:
-        enc = self.model.encoder
-        hidden = enc.conv_in(frames)
-        hidden = enc.down_block(hidden)
-        hidden = enc.middle_block(hidden)
-        hidden = enc.norm_out(hidden)
-        hidden = hidden * torch.sigmoid(hidden)
-        return enc.conv_out(hidden)
+        return spatial_latents(self.model, frames)
 
     @torch.inference_mode()
     def encode_images(self, pixels) -> np.ndarray:
