@@ -100,8 +100,8 @@ def generator_backward(parts: Parts, groups, micro_batch: int, grad_accum: int, 
     vq_loss = cfg.codebook_weight * (terms["codebook"] + cfg.commitment_beta * terms["commitment"])
     loss = nll + gan_weight * terms["gan"] + vq_loss
     (loss / grad_accum).backward()
-    metrics = {k: float(v) for k, v in terms.items()}
-    metrics.update(loss=float(loss), nll=float(nll), gan_weight=float(gan_weight))
+    metrics = {k: float(v.detach()) for k, v in terms.items()}
+    metrics.update(loss=float(loss.detach()), nll=float(nll.detach()), gan_weight=float(gan_weight))
     return {"metrics": metrics, "fakes": fakes, "hist": hist, "latents": latents}
 
 
@@ -119,4 +119,4 @@ def discriminator_backward(parts: Parts, groups, fakes, micro_batch: int, grad_a
             total = total + share * discriminator_loss(real_logits.float(), fake_logits.float(),
                                                        parts.loss_cfg.gan_loss)
     (total / grad_accum).backward()
-    return float(total)
+    return float(total.detach())

@@ -213,6 +213,13 @@ def evaluate(run: Run, samples: list[dict], out_dir: Path) -> dict:
     return summary
 
 
+def run_eval(run: Run, samples: list[dict], run_dir: Path, metrics: MetricsWriter, step: int) -> None:
+    summary = evaluate(run, samples, run_dir / "eval" / f"step_{step:07d}")
+    metrics.write({"step": step, **{f"eval/{k}": v for k, v in summary.items()}})
+    logger.info("eval at step %d: %s", step, "  ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+
+
 def export(run: Run, run_dir: Path) -> Path:
     """RUN_DIR/vq: a save_pretrained Emu3VQVAE (what preprocessing, inspection and the HF export load)."""
     model = run.inference_model()
@@ -270,6 +277,8 @@ def train(cfg) -> int:
     skipped_total: Counter = Counter()
     step = start
     try:
+        if start == 0 and rank == 0 and eval_set:  # the baseline the run's progress is measured against
+            run_eval(run, eval_set, run_dir, metrics, 0)
         while step < cfg.train.steps:
             t0 = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.train.grad_accum)]
@@ -281,10 +290,7 @@ def train(cfg) -> int:
                 metrics.write(record)
             evaluate_now = (cfg.train.eval_interval and step % cfg.train.eval_interval == 0) or step == cfg.train.steps
             if evaluate_now and rank == 0 and eval_set:
-                summary = evaluate(run, eval_set, run_dir / "eval" / f"step_{step:07d}")
-                metrics.write({"step": step, **{f"eval/{k}": v for k, v in summary.items()}})
-                logger.info("eval at step %d: %s", step, "  ".join(
-                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+                run_eval(run, eval_set, run_dir, metrics, step)
             stopping = stop.agreed(device)
             interval = cfg.checkpoint.interval
             if stopping or step == cfg.train.steps or (interval and step % interval == 0):
