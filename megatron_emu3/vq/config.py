@@ -129,6 +129,9 @@ def resolve(recipe: Optional[str] = None, overrides=()) -> VQTrainConfig:
     cfg = resolve_dataclass(VQTrainConfig(), recipe, overrides)
     cfg.data.manifests = [os.path.expandvars(str(p)) for p in cfg.data.manifests]
     cfg.data.eval_manifests = [os.path.expandvars(str(p)) for p in cfg.data.eval_manifests]
+    for section, key in ((cfg.loss, "lpips_weights"), (cfg.model, "init_from")):
+        if getattr(section, key):
+            setattr(section, key, os.path.expandvars(getattr(section, key)))
     validate(cfg)
     return cfg
 
@@ -138,10 +141,10 @@ def validate(cfg: VQTrainConfig) -> None:
     if not d.manifests:
         raise ConfigError("data.manifests is empty: give the JSONL/Parquet manifests to train on "
                           "(data.manifests=[a.jsonl,b.jsonl])")
-    for path in d.manifests + d.eval_manifests:
+    for path in d.manifests + d.eval_manifests + [loss.lpips_weights or "", cfg.model.init_from or ""]:
         if "$" in path:
-            raise ConfigError(f"manifest path {path!r} names an unset environment variable; export it or "
-                              "override data.manifests")
+            raise ConfigError(f"path {path!r} names an unset environment variable; export it or override "
+                              "the key (data.manifests, data.eval_manifests, loss.lpips_weights, model.init_from)")
     if d.resolution <= 0 or d.resolution % 8 or (d.eval_resolution or 8) % 8:
         raise ConfigError(f"data.resolution={d.resolution} / eval_resolution={d.eval_resolution} must be "
                           "positive multiples of 8")
