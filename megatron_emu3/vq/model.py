@@ -143,16 +143,19 @@ class CodebookUsage:
 
 
 @torch.no_grad()
-def restart_codes(model, dead: torch.Tensor, latents: torch.Tensor, generator: torch.Generator) -> None:
-    """Move dead codes onto encoder outputs of this step, drawn at random (with a little noise when
-    there are fewer outputs than dead codes). Call on every rank with the same arguments."""
-    if dead.numel() == 0:
-        return
+def fresh_codes(count: int, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`count` new code vectors (count, C): encoder outputs of this step drawn at random, with a
+    little noise when there are fewer outputs than codes to restart."""
     pool = latents.detach().float().permute(0, 1, 3, 4, 2).reshape(-1, latents.shape[2]).cpu()
-    picks = torch.randint(0, pool.shape[0], (dead.numel(),), generator=generator)
-    fresh = pool[picks]
-    if dead.numel() > pool.shape[0]:
+    fresh = pool[torch.randint(0, pool.shape[0], (count,), generator=generator)]
+    if count > pool.shape[0]:
         fresh = fresh + 0.01 * pool.std() * torch.randn(fresh.shape, generator=generator)
+    return fresh
+
+
+@torch.no_grad()
+def restart_codes(model, dead: torch.Tensor, fresh: torch.Tensor) -> None:
+    """Move the dead codes onto `fresh` (the same on every rank)."""
     weight = model.quantize.embedding.weight
     weight[dead.to(weight.device)] = fresh.to(weight.device, weight.dtype)
 

@@ -35,7 +35,8 @@ from megatron_emu3.parallel.setup import dist_env_from_environ
 from megatron_emu3.training.metrics import MetricsWriter
 from megatron_emu3.vq import checkpointing, config as vq_config, data, quality
 from megatron_emu3.vq.discriminator import PatchDiscriminator
-from megatron_emu3.vq.model import EMA, CodebookUsage, build_model, perplexity, restart_codes, set_train_mode
+from megatron_emu3.vq.model import (EMA, CodebookUsage, build_model, fresh_codes, perplexity, restart_codes,
+                                    set_train_mode)
 from megatron_emu3.vq.objective import Parts, discriminator_backward, generator_backward
 
 logger = logging.getLogger("megatron_emu3.vq.train")
@@ -188,9 +189,10 @@ def train_step(run: Run, step: int, batches, skipped_total: Counter) -> dict:
     restarted = 0
     every = cfg.train.dead_code_restart_interval
     if every and (step + 1) % every == 0 and dead.numel():
-        if run.world > 1:  # rank 0's encoder outputs for everyone
-            dist.broadcast(latents, 0)
-        restart_codes(run.model, dead, latents, run.restart_rng)
+        fresh = fresh_codes(int(dead.numel()), latents, run.restart_rng).to(run.device)
+        if run.world > 1:  # rank 0's choice for everyone
+            dist.broadcast(fresh, 0)
+        restart_codes(run.model, dead, fresh)
         run.usage.ema[dead] = run.usage.threshold
         restarted = int(dead.numel())
     record.update({"loss": record["train/loss"], "lr": lr_g, "grad_norm": float(grad_norm),
