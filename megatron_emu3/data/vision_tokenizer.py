@@ -7,7 +7,8 @@
 - `encode_videos`: (B, T, 3, H, W) with T a multiple of 4 -> codes (B, T/4, H/8, W/8).
 - `encode_image_list`: images of mixed sizes, batched by resolution, codes back in input order.
 - `decode`: codes -> uint8 pixels (images (H, W, 3), videos (T, H, W, 3)) for inspection/generation.
-Inputs are float pixel values in [-1, 1] (`megatron_emu3.data.media`). bf16 by default on GPU.
+`spatial_latents` / `temporal_latents` are the encoder's two halves, differentiable (the VQ trainer
+uses them too). Inputs are float pixel values in [-1, 1] (`megatron_emu3.data.media`). bf16 by default on GPU.
 Weights always come from a local directory; nothing is downloaded.
 """
 

@@ -178,3 +178,22 @@ def test_trained_tokenizer_goes_through_the_tools(corpus, trained, tmp_path):
         ("32x32", "image", 1), ("32x32", "video", 4), ("64x64", "image", 1), ("64x64", "video", 4)]
     assert all(5 < r["psnr"] < 60 and 0 < r["ssim"] <= 1 and r["lpips"] >= 0 and r["codes_used"] > 0 for r in rows)
     assert "PSNR" in out and "SSIM" in out and "64x64" in out
+
+
+def test_finetune_from_a_released_directory_and_lpips_weights_are_required(corpus, tmp_path):
+    from megatron_emu3.data.vision_tokenizer import save_tiny_vq
+
+    released = save_tiny_vq(tmp_path / "released_vq")  # stands in for a converted Emu3-VisionTokenizer
+    run_dir = tmp_path / "run"
+    args = _args(corpus, run_dir, f"model.init_from={released}", "model.codebook_size=null",
+                 "model.base_channels=null", "train.steps=2", "data.eval_manifests=[]", "data.holdout=0")
+    out = _train(args)
+    assert f"VQ model from {released}" in out
+    from transformers import Emu3VQVAE
+
+    assert Emu3VQVAE.from_pretrained(str(run_dir / "vq")).config.codebook_size == 32768
+    # a perceptual term without its weights stops before anything runs, naming the key
+    proc = _train([a for a in args if not a.startswith("loss.lpips_weights=")] + [f"run_dir={tmp_path / 'r2'}"],
+                  wait=False)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "loss.lpips_weights" in out and "nothing is downloaded" in out
