@@ -8,6 +8,7 @@ so every rank, and a single rank holding the whole batch, uses the same weight.
 Stills (images) are scored on their first decoded frame (what `Emu3VQVAE.decode` returns for an
 image) by the 2-D discriminator; clips on all frames, by the 3-D discriminator or frame by frame.
 A micro-batch holds groups of equal shape; each group's losses count by its share of the samples.
+With gradient accumulation the adaptive weight is computed per micro-batch (as taming does per batch).
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def generator_backward(parts: Parts, groups, micro_batch: int, grad_accum: int, 
         gan_weight = torch.tensor(cfg.disc_weight, device=nll.device)
         if cfg.adaptive_disc_weight:
             last = parts.model.decoder.conv_out.weight
+            if not nll.requires_grad:
+                raise ValueError("loss.adaptive_disc_weight needs a reconstruction term: set loss.l2_weight "
+                                 "or loss.lpips_weight > 0")
             g_nll = _mean_over_ranks(torch.autograd.grad(nll, last, retain_graph=True)[0].float(), parts.world)
             g_gan = _mean_over_ranks(torch.autograd.grad(terms["gan"], last, retain_graph=True)[0].float(),
                                      parts.world)

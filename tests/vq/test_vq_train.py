@@ -136,7 +136,7 @@ def test_two_data_parallel_ranks_equal_one_rank(corpus, tmp_path):
               "train.dead_code_restart_interval=1"]  # restarts run (rank 0 chooses) but come after the step
     one, two = tmp_path / "one", tmp_path / "two"
     _train(_args(corpus, one, *common, "data.micro_batch_size=2"))
-    _train(_args(corpus, two, *common, "data.micro_batch_size=1"),
+    _train(_args(corpus, two, *common, "data.micro_batch_size=1", "data.workers=1"),  # + a loader process
            launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                      "-m", "megatron_emu3.vq.train"))
     r1, r2 = _train_records(one)[1], _train_records(two)[1]
@@ -197,3 +197,36 @@ def test_finetune_from_a_released_directory_and_lpips_weights_are_required(corpu
                   wait=False)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "loss.lpips_weights" in out and "nothing is downloaded" in out
+
+
+def test_gradient_accumulation_equals_a_bigger_micro_batch(corpus, tmp_path):
+    """Without the GAN (whose adaptive weight is per micro-batch) two accumulated micro-batches of 1
+    are one micro-batch of 2: same loss and gradients."""
+    common = ["train.steps=1", "loss.disc_start=5", "data.eval_manifests=[]", "data.holdout=0"]
+    big, accumulated = tmp_path / "big", tmp_path / "accumulated"
+    _train(_args(corpus, big, *common, "data.micro_batch_size=2"))
+    _train(_args(corpus, accumulated, *common, "data.micro_batch_size=1", "train.grad_accum=2"))
+    r1, r2 = _train_records(big)[1], _train_records(accumulated)[1]
+    for key in ("loss", "train/l2", "train/lpips", "train/codebook", "grad_norm"):
+        assert r2[key] == pytest.approx(r1[key], rel=1e-5, abs=1e-7), key
+    s1, s2 = (torch.load(d / "checkpoints" / "iter_0000001" / "state.pt", weights_only=False) for d in (big, accumulated))
+    scale = max(float(state["exp_avg"].abs().max()) for state in s1["opt_g"]["state"].values())
+    for index, state in s1["opt_g"]["state"].items():
+        torch.testing.assert_close(s2["opt_g"]["state"][index]["exp_avg"], state["exp_avg"], rtol=1e-4,
+                                   atol=1e-6 * scale, msg=f"parameter {index}")
+
+
+def test_sigusr1_saves_and_exits(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _train(_args(corpus, run_dir, "train.steps=1000", "checkpoint.interval=0"), wait=False)
+    deadline = time.time() + 300
+    while not ((run_dir / "metrics.jsonl").exists() and max(_train_records(run_dir), default=0) >= 2):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "step 2 not reached"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    saved = layout.step_of(layout.find_latest(run_dir / "checkpoints"))
+    assert saved >= 2 and "stopped by signal" in out and not (run_dir / "COMPLETE").exists()
+    assert max(_train_records(run_dir)) == saved
