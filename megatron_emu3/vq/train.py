@@ -14,7 +14,6 @@ end vq/ (save_pretrained; EMA weights when train.ema_decay > 0) and COMPLETE.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import logging
 import math
@@ -193,6 +192,9 @@ def train_step(run: Run, step: int, batches, skipped_total: Counter) -> dict:
         if run.world > 1:  # rank 0's choice for everyone
             dist.broadcast(fresh, 0)
         restart_codes(run.model, dead, fresh)
+        if run.ema is not None:  # the averaged codebook moves too, or it would keep the dead vectors
+            codebook = run.ema.shadow["quantize.embedding.weight"]
+            codebook[dead.to(codebook.device)] = fresh.to(codebook.device, codebook.dtype)
         run.usage.ema[dead] = run.usage.threshold
         restarted = int(dead.numel())
     record.update({"loss": record["train/loss"], "lr": lr_g, "grad_norm": float(grad_norm),
