@@ -121,3 +121,18 @@ def test_config_errors_name_the_key(tmp_path):
         vq_config.resolve(None, ["data.manifests=[a.jsonl]", "loss.lpips_weight=0", "data.clip_frames=6"])
     cfg = vq_config.resolve(None, ["data.manifests=[a.jsonl]", "loss.lpips_weight=0", "optim.lr=1e-3"])
     assert cfg.optim.lr == 1e-3
+
+
+def test_paper_recipe_resolves(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    recipe = str(Path(__file__).resolve().parents[2] / "examples/recipes/vq_emu3.yaml")
+    monkeypatch.delenv("EMU3_LPIPS_WEIGHTS", raising=False)
+    monkeypatch.setenv("EMU3_VQ_DATA", str(tmp_path))
+    with pytest.raises(ConfigError, match="unset environment variable"):
+        vq_config.resolve(recipe)
+    monkeypatch.setenv("EMU3_LPIPS_WEIGHTS", str(lpips_mod.save_random_weights(tmp_path / "random_lpips")))
+    cfg = vq_config.resolve(recipe)
+    assert cfg.model.preset == "emu3" and cfg.data.manifests[0] == f"{tmp_path}/images.jsonl"
+    assert cfg.loss.l2_weight > 0 and cfg.loss.lpips_weight > 0 and cfg.loss.disc_weight > 0
+    assert cfg.loss.commitment_beta > 0 and cfg.disc.clips == "3d" and cfg.data.clip_frames % 4 == 0
