@@ -201,3 +201,11 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
     with open(tmp, "w") as f:
         yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
     os.replace(tmp, path)
+
+
+def resolve_dataclass(root: Any, recipe: Optional[str] = None, overrides: Iterable[str] = ()) -> Any:
+    """Fill any dataclass tree `root` from a recipe (``base:`` chain) and key=value overrides, with the
+    same strict unknown-key and type errors as `resolve_config` (used by config trees of other tasks)."""
+    _apply(root, load_recipe(recipe) if recipe else {}, "", f"recipe {recipe}")
+    _apply(root, parse_overrides(overrides), "", "command line")
+    return root

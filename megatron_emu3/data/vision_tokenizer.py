@@ -7,7 +7,8 @@
 - `encode_videos`: (B, T, 3, H, W) with T a multiple of 4 -> codes (B, T/4, H/8, W/8).
 - `encode_image_list`: images of mixed sizes, batched by resolution, codes back in input order.
 - `decode`: codes -> uint8 pixels (images (H, W, 3), videos (T, H, W, 3)) for inspection/generation.
-Inputs are float pixel values in [-1, 1] (`megatron_emu3.data.media`). bf16 by default on GPU.
+`spatial_latents` / `temporal_latents` are the encoder's two halves, differentiable (the VQ trainer
+uses them too). Inputs are float pixel values in [-1, 1] (`megatron_emu3.data.media`). bf16 by default on GPU.
 Weights always come from a local directory; nothing is downloaded.
 
 The interface every vision tokenizer offers (what preprocessing, the inspector and generation use):
@@ -91,6 +92,32 @@ def load_vision_tokenizer(vq_dir: str | Path, device: str | torch.device = "cpu"
     return Emu3VisionTokenizer.from_dir(vq_dir, device, dtype)
 
 
+def spatial_latents(model, frames: torch.Tensor) -> torch.Tensor:
+    """The per-frame (2-D) half of `Emu3VQVAE.encoder`: frames (N, 3, H, W) -> (N, C, H/8, W/8).
+    Differentiable (the VQ trainer uses it too)."""
+    enc = model.encoder
+    hidden = enc.conv_in(frames)
+    hidden = enc.down_block(hidden)
+    hidden = enc.middle_block(hidden)
+    hidden = enc.norm_out(hidden)
+    hidden = hidden * torch.sigmoid(hidden)
+    return enc.conv_out(hidden)
+
+
+def temporal_latents(model, hidden: torch.Tensor, temporal: int) -> torch.Tensor:
+    """Spatial latents ((B*T), C, h, w) -> pre-quantisation latents (B, T/4, embed_dim, h, w): the
+    encoder's temporal convolutions and `quant_conv`, as in `Emu3VQVAE.encode`."""
+    enc = model.encoder
+    hidden = hidden.reshape(-1, temporal, *hidden.shape[1:]).permute(0, 2, 1, 3, 4)
+    for conv in enc.time_conv:
+        hidden = conv(hidden)
+        hidden = hidden * torch.sigmoid(hidden)
+    for layer in enc.time_res_stack:
+        hidden = layer(hidden)
+    hidden = model.quant_conv(hidden)  # b c t h w
+    return hidden.permute(0, 2, 1, 3, 4)
+
+
 class Emu3VisionTokenizer:
     """Pixels <-> codebook indices with an `Emu3VQVAE`."""
 
@@ -129,24 +156,10 @@ class Emu3VisionTokenizer:
 
     def _codes_from_latents(self, hidden: torch.Tensor, temporal: int) -> torch.Tensor:
         """Spatial encoder output ((B*T), C, h, w) -> codes (B, T/4, h, w): temporal convs + quantizer."""
-        enc = self.model.encoder
-        hidden = hidden.reshape(-1, temporal, *hidden.shape[1:]).permute(0, 2, 1, 3, 4)
-        for conv in enc.time_conv:
-            hidden = conv(hidden)
-            hidden = hidden * torch.sigmoid(hidden)
-        for layer in enc.time_res_stack:
-            hidden = layer(hidden)
-        hidden = self.model.quant_conv(hidden)  # b c t h w
-        return self.model.quantize(hidden.permute(0, 2, 1, 3, 4))
+        return self.model.quantize(temporal_latents(self.model, hidden, temporal))
 
     def _spatial(self, frames: torch.Tensor) -> torch.Tensor:
-        enc = self.model.encoder
-        hidden = enc.conv_in(frames)
-        hidden = enc.down_block(hidden)
-        hidden = enc.middle_block(hidden)
-        hidden = enc.norm_out(hidden)
-        hidden = hidden * torch.sigmoid(hidden)
-        return enc.conv_out(hidden)
+        return spatial_latents(self.model, frames)
 
     @torch.inference_mode()
     def encode_images(self, pixels) -> np.ndarray:

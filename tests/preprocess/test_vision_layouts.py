@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from megatron_emu3.data import documents, media
+from megatron_emu3.config.schema import DataConfig, DataSource
 from megatron_emu3.data.dataset import build_datasets
 from megatron_emu3.data.tokens import EMU3_VISION, FIRST_CODE_ID
 from megatron_emu3.preprocess import inspect
@@ -83,9 +84,8 @@ def test_blending_two_layouts_is_refused_and_model_vocab_is_checked(tmp_path, co
     for name, directory in (("emu3", vq_dir), ("other", vq2_dir)):
         assert main(["--input", str(manifest), "--output-prefix", str(tmp_path / name / "s"), "--vq-dir",
                      str(directory), *SMALL]) == 0
-    spec = {"sources": [{"prefix": str(tmp_path / "emu3" / "s_*"), "weight": 1},
-                        {"prefix": str(tmp_path / "other" / "s_*"), "weight": 1}], "split": "1",
-            "max_oversize_fraction": 1.0}
+    spec = DataConfig(sources=[DataSource(str(tmp_path / "emu3" / "s_*")), DataSource(str(tmp_path / "other" / "s_*"))],
+                      split="1", max_oversize_fraction=1.0)
     with pytest.raises(ValueError, match=r"different vision token layouts: .*emu3/s_00000 has Emu3VQVAE vq .*32,768 "
                                          r"codes.*8x spatial.*other/s_00000 has Emu3VQVAE vq .*40,960 codes.*4x spatial"):
         build_datasets(spec, 256, 0, 4)
