@@ -112,6 +112,8 @@ class Worker:
             return skip_entry(item, None, f"duplicate of {duplicate_of[0]} row {duplicate_of[1]} (same task, text "
                               "and media; the first is kept; --keep-duplicates keeps both)", item.media_label)
         s = self.settings
+        if item.segments is not None:
+            return self._prepare_interleaved(item)
         text_ids = self.text.encode(item.text)
         if item.media_field is None:
             return Prepared(item, DocKind.TEXT, text_ids, doc=documents.format_text(text_ids))
@@ -135,6 +137,51 @@ class Worker:
                 f"the document does not fit --max-seq-len {s.max_seq_len} {why}; never truncated: shorten the "
                 "caption, lower the minimum area or raise --max-seq-len"), item.media_label)
         return prepared
+
+    def _prepare_interleaved(self, item: Row) -> Prepared | dict:
+        """A `segments` row: every segment tokenized in order (each picture / clip sized by the area range,
+        encoded one by one), one document; any bad segment skips the row naming it. An interleaved
+        document over --max-seq-len is skipped, not shrunk (the fit rule handles single blocks only)."""
+        s, layout = self.settings, self.layout
+        if s.vq_dir is None:
+            return skip_entry(item, "segments", "this run has no --vq-dir; pass the vision tokenizer directory "
+                              "to tokenize interleaved documents")
+        segments, lengths = [], []
+        for i, (field, value) in enumerate(item.segments):
+            name = f"segments[{i}].{field}"
+            if field == "text":
+                ids = self.text.encode(value)
+                segments.append(documents.Segment(text_ids=np.asarray(ids, dtype=np.int64)))
+                lengths.append(len(ids))
+                continue
+            try:
+                if field == "image":
+                    img = media.load_image(value, min_side=layout.spatial_factor)
+                    h, w = media.smart_resize(img.height, img.width, layout.spatial_factor, s.min_pixels, s.max_pixels)
+                    pixels = media.to_pixel_values(np.asarray(media.resize_to(img, h, w)))
+                    codes = self.vq.encode_images(pixels[None])[0]
+                    meta = documents.VisionMeta(*codes.shape)
+                else:
+                    clip, fps = media.read_video(value, s.video_fps, s.video_max_seconds, multiple=layout.temporal_factor)
+                    h, w = media.smart_resize(clip.shape[1], clip.shape[2], layout.spatial_factor,
+                                              s.video_min_pixels, s.video_max_pixels)
+                    codes = self.vq.encode_videos(media.to_pixel_values(media.resize_frames(clip, h, w))[None])[0]
+                    meta = documents.video_meta(*codes.shape, fps, layout)
+            except media.MediaError as err:
+                return skip_entry(item, name, str(err), value)
+            except Exception as err:  # noqa: BLE001 - a VQ failure costs only this row
+                self._release_memory()
+                return skip_entry(item, name, f"the vision tokenizer failed on this segment ({type(err).__name__}: "
+                                  f"{err})", value)
+            segments.append(documents.Segment(meta=meta, codes=codes))
+            lengths.append(documents.vision_block_length(len(self.text.encode(meta.text())), meta.frames or 1,
+                                                         meta.height, meta.width))
+        length = documents.interleaved_length(lengths)
+        if length > s.max_seq_len:
+            return skip_entry(item, "segments", (
+                f"the interleaved document has {length} tokens, more than --max-seq-len {s.max_seq_len} (never "
+                "truncated or shrunk): split the row, lower --max-pixels / --video-max-pixels or raise --max-seq-len"))
+        return Prepared(item, DocKind.INTERLEAVED, [], doc=documents.format_interleaved(segments, self.text, layout))
 
     def _doc_length(self, text_ids: list[int], meta: documents.VisionMeta) -> int:
         return documents.vision_document_length(len(text_ids), len(self.text.encode(meta.text())),
