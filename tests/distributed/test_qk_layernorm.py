@@ -107,3 +107,35 @@ def test_qk_layernorm_resume_is_bitwise(tmp_path):
     for name, p in straight["params"].items():
         assert torch.equal(resumed["params"][name], p), name
     assert torch.equal(resumed["logits"], straight["logits"])
+
+
+def qk_generation(overrides: list[str]) -> dict:
+    """In a spawned rank: a random QK-norm model; KV-cached decoding steps vs the full forward."""
+    from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.generation.api import decode, left_pad
+    from megatron_emu3.generation.decoding import MegatronLM
+    from megatron_emu3.generation.sampling import SamplingConfig
+    from megatron_emu3.model.build import build_model
+    from megatron_emu3.parallel.setup import DistEnv, destroy_distributed, init_distributed
+    from tests.distributed.scenarios import RECIPE
+
+    cfg = resolve_config(RECIPE, overrides)
+    init_distributed(cfg, DistEnv(0, 1, 0))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    cached, full = MegatronLM(model, max_length=64), MegatronLM(model, max_length=64, use_cache=False)
+    ids, valid = left_pad([[5, 9, 11, 3], [7, 2]])
+    steps = [cached.start(ids, valid)] + [cached.step(torch.tensor([k, k + 1])) for k in (4, 6, 8)]
+    new = torch.tensor([[4, 6, 8], [5, 7, 9]])
+    reference = full.full_logits(torch.cat([ids, new], 1), torch.cat([valid, torch.ones_like(new, dtype=torch.bool)], 1))
+    out = {"max_diff": max((steps[k] - reference[:, 3 + k]).abs().max().item() for k in range(len(steps))),
+           "greedy_cached": decode(cached, [[5, 9, 11]], 6, SamplingConfig(top_k=1))[0],
+           "greedy_full": decode(full, [[5, 9, 11]], 6, SamplingConfig(top_k=1))[0]}
+    destroy_distributed()
+    return out
+
+
+def test_qk_layernorm_generation_cache_matches_full_forward():
+    (out,) = run_ranks(1, qk_generation, QK + ["model.vocab_size=512", "model.init_std=0.3",
+                                              "parallel.attention_backend=sdpa"], timeout=300)
+    assert out["max_diff"] < 1e-4 and out["greedy_cached"] == out["greedy_full"]
