@@ -139,49 +139,67 @@ class Worker:
         return prepared
 
     def _prepare_interleaved(self, item: Row) -> Prepared | dict:
-        """A `segments` row: every segment tokenized in order (each picture / clip sized by the area range,
-        encoded one by one), one document; any bad segment skips the row naming it. An interleaved
-        document over --max-seq-len is skipped, not shrunk (the fit rule handles single blocks only)."""
+        """A `segments` row: every segment read in order, the pictures / clips sized by their area ranges
+        and, if the document would exceed --max-seq-len, all shrunk by one common factor (fit.fit_interleaved),
+        then encoded one by one into one document. Any bad segment skips the row naming it."""
         s, layout = self.settings, self.layout
         if s.vq_dir is None:
             return skip_entry(item, "segments", "this run has no --vq-dir; pass the vision tokenizer directory "
                               "to tokenize interleaved documents")
-        segments, lengths = [], []
+        loaded = []  # (field, text ids | PIL image | (clip, fps), name, value)
         for i, (field, value) in enumerate(item.segments):
             name = f"segments[{i}].{field}"
-            if field == "text":
-                ids = self.text.encode(value)
-                segments.append(documents.Segment(text_ids=np.asarray(ids, dtype=np.int64)))
-                lengths.append(len(ids))
-                continue
             try:
-                if field == "image":
-                    img = media.load_image(value, min_side=layout.spatial_factor)
-                    h, w = media.smart_resize(img.height, img.width, layout.spatial_factor, s.min_pixels, s.max_pixels)
-                    pixels = media.to_pixel_values(np.asarray(media.resize_to(img, h, w)))
-                    codes = self.vq.encode_images(pixels[None])[0]
-                    meta = documents.VisionMeta(*codes.shape)
+                if field == "text":
+                    loaded.append((field, self.text.encode(value), name, value))
+                elif field == "image":
+                    loaded.append((field, media.load_image(value, min_side=layout.spatial_factor), name, value))
                 else:
-                    clip, fps = media.read_video(value, s.video_fps, s.video_max_seconds, multiple=layout.temporal_factor)
-                    h, w = media.smart_resize(clip.shape[1], clip.shape[2], layout.spatial_factor,
-                                              s.video_min_pixels, s.video_max_pixels)
-                    codes = self.vq.encode_videos(media.to_pixel_values(media.resize_frames(clip, h, w))[None])[0]
-                    meta = documents.video_meta(*codes.shape, fps, layout)
+                    loaded.append((field, media.read_video(value, s.video_fps, s.video_max_seconds,
+                                                           multiple=layout.temporal_factor), name, value))
             except media.MediaError as err:
                 return skip_entry(item, name, str(err), value)
+        vision = [(f, x) for f, x, _, _ in loaded if f != "text"]
+        ranges = [(x.height, x.width, s.min_pixels, s.max_pixels) if f == "image" else
+                  (x[0].shape[1], x[0].shape[2], s.video_min_pixels, s.video_max_pixels) for f, x in vision]
+        text_len = sum(len(x) for f, x, _, _ in loaded if f == "text")
+
+        def metas(pixel_sizes) -> list[documents.VisionMeta]:
+            f_ = layout.spatial_factor
+            return [documents.VisionMeta(h // f_, w // f_) if f == "image" else
+                    documents.video_meta(x[0].shape[0] // layout.temporal_factor, h // f_, w // f_, x[1], layout)
+                    for (f, x), (h, w) in zip(vision, pixel_sizes)]
+
+        def length(pixel_sizes) -> int:
+            blocks = [documents.vision_block_length(len(self.text.encode(m.text())), m.frames or 1, m.height, m.width)
+                      for m in metas(pixel_sizes)]
+            return documents.interleaved_length([text_len, *blocks])
+
+        fitted = fit.fit_interleaved(ranges, length, s.max_seq_len, layout.spatial_factor, s.fit_to_context)
+        if fitted is None:
+            return skip_entry(item, "segments", (
+                f"the interleaved document does not fit --max-seq-len {s.max_seq_len} even with every picture and "
+                "clip at its minimum area (never truncated): split the row or raise --max-seq-len"))
+        pixel_sizes, resized = fitted
+        segments, at = [], 0
+        for field, x, name, value in loaded:
+            if field == "text":
+                segments.append(documents.Segment(text_ids=np.asarray(x, dtype=np.int64)))
+                continue
+            (h, w), meta = pixel_sizes[at], metas(pixel_sizes)[at]
+            at += 1
+            try:
+                if field == "image":
+                    codes = self.vq.encode_images(media.to_pixel_values(np.asarray(media.resize_to(x, h, w)))[None])[0]
+                else:
+                    codes = self.vq.encode_videos(media.to_pixel_values(media.resize_frames(x[0], h, w))[None])[0]
             except Exception as err:  # noqa: BLE001 - a VQ failure costs only this row
                 self._release_memory()
                 return skip_entry(item, name, f"the vision tokenizer failed on this segment ({type(err).__name__}: "
                                   f"{err})", value)
             segments.append(documents.Segment(meta=meta, codes=codes))
-            lengths.append(documents.vision_block_length(len(self.text.encode(meta.text())), meta.frames or 1,
-                                                         meta.height, meta.width))
-        length = documents.interleaved_length(lengths)
-        if length > s.max_seq_len:
-            return skip_entry(item, "segments", (
-                f"the interleaved document has {length} tokens, more than --max-seq-len {s.max_seq_len} (never "
-                "truncated or shrunk): split the row, lower --max-pixels / --video-max-pixels or raise --max-seq-len"))
-        return Prepared(item, DocKind.INTERLEAVED, [], doc=documents.format_interleaved(segments, self.text, layout))
+        return Prepared(item, DocKind.INTERLEAVED, [], doc=documents.format_interleaved(segments, self.text, layout),
+                        resized="interleaved" if resized else None)
 
     def _doc_length(self, text_ids: list[int], meta: documents.VisionMeta) -> int:
         return documents.vision_document_length(len(text_ids), len(self.text.encode(meta.text())),

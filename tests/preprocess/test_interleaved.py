@@ -142,3 +142,29 @@ def test_generation_continues_an_interleaved_context(shards, tmp_path, text_toke
     assert len(segments) == 6 and text_tokenizer.decode(segments[4].text_ids.tolist()) == "Finally, the result:"
     assert segments[5].meta.text() == "3*4" and np.array_equal(segments[5].codes, out["codes"])
     assert out["codes"].shape == (3, 4) and out["ids"][-1] == documents.tokens.EOS
+
+
+def test_interleaved_document_over_the_context_is_shrunk_not_dropped(shards, vq_dir, text_tokenizer):
+    root, _ = shards
+    natural = documents.parse_segments(inspect.ShardSet(root / "out" / "s")[0][0], text_tokenizer)
+    full_len = len(inspect.ShardSet(root / "out" / "s")[0][0])
+    limit = full_len - 60
+    manifest = root / "one.jsonl"
+    manifest.write_text(json.dumps({"segments": SEGMENTS}) + "\n")
+    assert main(["--input", str(manifest), "--output-prefix", str(root / "tight" / "s"), "--vq-dir", str(vq_dir),
+                 "--max-seq-len", str(limit), "--min-pixels", "256", "--max-pixels", str(64 * 64),
+                 "--video-min-pixels", "256", "--video-max-pixels", str(64 * 64), "--no-progress", "--threads", "1"]) == 0
+    report = json.loads((root / "tight" / "s_report.json").read_text())
+    assert report["documents_written"] == 1 and report["resized_to_fit"]["interleaved"] == 1
+    ids, _ = inspect.ShardSet(root / "tight" / "s")[0]
+    assert full_len - 60 >= len(ids) > full_len - 120  # the largest common scale that fits, not far below
+    shrunk = documents.parse_segments(ids, text_tokenizer)
+    for small, big in zip(shrunk, natural):
+        if not small.is_text:  # every block smaller, aspect ratio within a code
+            assert small.codes.size < big.codes.size and small.codes.shape[:-2] == big.codes.shape[:-2]
+            (h, w), (bh, bw) = small.codes.shape[-2:], big.codes.shape[-2:]
+            assert abs(w / h - bw / bh) <= 1 / min(h, w) + 1 / min(bh, bw) + 0.35
+    assert main(["--input", str(manifest), "--output-prefix", str(root / "tiny" / "s"), "--vq-dir", str(vq_dir),
+                 "--max-seq-len", "40", *SMALL]) == 0
+    report = json.loads((root / "tiny" / "s_report.json").read_text())
+    assert report["skipped"][0]["field"] == "segments" and "even with every picture" in report["skipped"][0]["reason"]
