@@ -74,15 +74,15 @@ def run(args: argparse.Namespace) -> str:
     if args.image is not None:
         from megatron_emu3.data.media import prepare_image
 
-        pixels = prepare_image(args.image, args.min_pixels, args.max_pixels)
+        pixels = prepare_image(args.image, args.min_pixels, args.max_pixels, factor=vq.layout.spatial_factor)
         codes = vq.encode_images(pixels[None])[0]
-        text, new = understand(lm, tokenizer, codes, sampling, args.max_new_tokens, args.question)
-        prompt = understanding_prompt(codes, tokenizer, args.question)
+        text, new = understand(lm, tokenizer, codes, sampling, args.max_new_tokens, args.question, layout=vq.layout)
+        prompt = understanding_prompt(codes, tokenizer, args.question, layout=vq.layout)
         _save_tokens(args.save_tokens, prompt + new, len(prompt))
         return text
     duration = args.frames * vq.temporal_factor / args.fps if args.frames else None
     meta = VisionMeta(args.height, args.width, args.frames or None, args.fps if args.frames else None, duration)
-    codes, ids = generate_vision(lm, tokenizer, args.prompt, meta, sampling, vq.codebook_size)
+    codes, ids = generate_vision(lm, tokenizer, args.prompt, meta, sampling, layout=vq.layout)
     from megatron_emu3.preprocess.inspect import save_pixels
 
     save_pixels(vq.decode(codes), args.out, args.fps if args.frames else None)

@@ -40,15 +40,22 @@ def main(argv=None) -> int:
     text = Emu3TextTokenizer.from_dir(args.tokenizer_dir) if args.tokenizer_dir else Emu3TextTokenizer.from_default()
     vision = None
     if args.vq_dir:
-        from megatron_emu3.data.vision_tokenizer import Emu3VisionTokenizer
+        from megatron_emu3.data.vision_tokenizer import load_vision_tokenizer
 
-        vision = Emu3VisionTokenizer.from_dir(args.vq_dir)
+        vision = load_vision_tokenizer(args.vq_dir)
     for index in args.decode:
         try:
             record = inspect.decode_document(shards, index, text, vision, args.out, args.video_format)
         except (IndexError, ValueError) as err:
             print(f"inspect_data.py: error: document {index}: {err}", file=sys.stderr)
             return 2
+        if "segments" in record:  # interleaved: one line per segment
+            print(f"document {index} ({record['kind']}, {record['tokens']} tokens, {len(record['segments'])} segments)")
+            for i, seg in enumerate(record["segments"]):
+                shown = repr(seg["text"]) if "text" in seg else \
+                    f"[{seg['meta']}] -> {seg.get('image') or seg.get('video') or '(pass --vq-dir to decode)'}"
+                print(f"  segment {i}: {shown}")
+            continue
         media = f" -> {record['media']}" if "media" in record else ""
         meta = f" [{record['meta']}]" if "meta" in record else ""
         print(f"document {index} ({record['kind']}, {record['tokens']} tokens){meta}: {record['text']!r}{media}")

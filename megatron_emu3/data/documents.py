@@ -210,3 +210,80 @@ def parse(ids, tokenizer, layout: VisionLayout = EMU3_VISION) -> Document:
     else:
         kind = DocKind.IMAGE_UNDERSTANDING if understanding else DocKind.IMAGE_GENERATION
     return Document(kind, after if understanding else before, meta, codes)
+
+
+# -- interleaved documents -----------------------------------------------------------------------------
+#
+#     interleaved  BOS segment segment ... EOS
+#
+# where a segment is text ids or a vision block `SOV meta SOT grid EOV` (image or video), in the order
+# of the manifest row. Loss weights are those of generation documents (every token counts; codes at
+# vision_loss_weight); packing never splits it (like every vision document).
+
+
+@dataclasses.dataclass
+class Segment:
+    """One segment of an interleaved document: text ids, or a vision block's meta and codes."""
+
+    text_ids: np.ndarray | None = None
+    meta: VisionMeta | None = None
+    codes: np.ndarray | None = None  # (h, w) or (t, h, w)
+
+    @property
+    def is_text(self) -> bool:
+        return self.meta is None
+
+
+def interleaved_length(segment_lengths: list[int]) -> int:
+    """Tokens of an interleaved document: BOS, EOS and its segments (text ids or whole vision blocks)."""
+    return 2 + sum(segment_lengths)
+
+
+def vision_block_length(meta_len: int, t: int, h: int, w: int) -> int:
+    """Tokens of `SOV meta SOT grid EOV`."""
+    return 3 + meta_len + t * (h * (w + 1) + 1)
+
+
+def format_interleaved(segments: list[Segment], tokenizer, layout: VisionLayout = EMU3_VISION) -> np.ndarray:
+    """`BOS segment ... EOS`; vision segments become blocks whose meta matches their codes."""
+    body = []
+    for seg in segments:
+        if seg.is_text:
+            body.append(np.asarray(seg.text_ids, dtype=np.int64))
+        else:
+            codes = np.asarray(seg.codes)
+            expected = (seg.meta.frames or 1, seg.meta.height, seg.meta.width)
+            if (codes.shape if seg.meta.is_video else (1, *codes.shape)) != expected:
+                raise ValueError(f"codes of shape {codes.shape} do not match meta {seg.meta.text()!r}")
+            body.append(vision_block(codes, tokenizer.encode(seg.meta.text()), layout))
+    return np.concatenate([[tokens.BOS], *body, [tokens.EOS]]).astype(np.int64)
+
+
+def parse_segments(ids, tokenizer, layout: VisionLayout = EMU3_VISION) -> list[Segment]:
+    """The segments of any document (an Emu3 document of one block is two or three segments)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size < 2 or ids[0] != tokens.BOS or ids[-1] != tokens.EOS:
+        raise DocumentFormatError("a document starts with BOS and ends with EOS")
+    body, out, pos = ids[1:-1], [], 0
+    while pos < body.size:
+        rest = body[pos:]
+        sov = np.flatnonzero(rest == tokens.SOV)
+        text = rest[: sov[0]] if sov.size else rest
+        if np.isin(text, [tokens.SOT, tokens.EOV]).any() or tokens.is_vision_code(text, layout).any():
+            raise DocumentFormatError(f"vision tokens outside a SOV ... EOV block (near token {pos + 1})")
+        if text.size:
+            out.append(Segment(text_ids=text))
+        if not sov.size:
+            break
+        start = pos + int(sov[0])
+        eov = np.flatnonzero(body[start:] == tokens.EOV)
+        sot = np.flatnonzero(body[start:] == tokens.SOT)
+        if not eov.size or not sot.size or not sot[0] < eov[0]:
+            raise DocumentFormatError(f"the vision block at token {start + 1} is not SOV meta SOT grid EOV")
+        sot_at, end = start + int(sot[0]), start + int(eov[0])
+        if (body[start + 1: end] == tokens.SOV).any():
+            raise DocumentFormatError(f"the vision block at token {start + 1} opens another before it ends")
+        meta = VisionMeta.parse(tokenizer.decode(body[start + 1: sot_at].tolist()))
+        out.append(Segment(meta=meta, codes=_parse_grid(body[sot_at + 1: end], meta, sot_at + 2, layout)))
+        pos = end + 1
+    return out

@@ -138,9 +138,9 @@ def resize_to(img: Image.Image, height: int, width: int) -> Image.Image:
 
 
 def resize_image(img: Image.Image, min_pixels: int = DEFAULT_MIN_PIXELS,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, factor: int = SPATIAL_FACTOR) -> Image.Image:
     """Bicubic smart resize (a no-op when the size is already right)."""
-    return resize_to(img, *smart_resize(img.height, img.width, min_pixels=min_pixels, max_pixels=max_pixels))
+    return resize_to(img, *smart_resize(img.height, img.width, factor, min_pixels, max_pixels))
 
 
 def to_pixel_values(frames: np.ndarray) -> np.ndarray:
@@ -156,9 +156,10 @@ def from_pixel_values(pixels) -> np.ndarray:
 
 
 def prepare_image(source: Source, min_pixels: int = DEFAULT_MIN_PIXELS,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Load, convert and resize an image: float32 (3, H, W) in [-1, 1], H and W multiples of 8."""
-    img = resize_image(load_image(source), min_pixels, max_pixels)
+                  max_pixels: int = DEFAULT_MAX_PIXELS, factor: int = SPATIAL_FACTOR) -> np.ndarray:
+    """Load, convert and resize an image: float32 (3, H, W) in [-1, 1], H and W multiples of `factor`
+    (the vision tokenizer's spatial factor; Emu3's 8 by default)."""
+    img = resize_image(load_image(source, min_side=factor), min_pixels, max_pixels, factor)
     return to_pixel_values(np.asarray(img))
 
 

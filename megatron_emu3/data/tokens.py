@@ -121,3 +121,4 @@ class DocKind(enum.IntEnum):
     IMAGE_UNDERSTANDING = 2
     VIDEO_GENERATION = 3
     VIDEO_UNDERSTANDING = 4
+    INTERLEAVED = 5  # text and several vision blocks in the order of a `segments` manifest row

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from megatron_emu3.data import tokens
-from megatron_emu3.data.documents import VisionMeta, parse, vision_block
+from megatron_emu3.data.documents import VisionMeta, parse, parse_segments, video_meta, vision_block
 from megatron_emu3.generation.constraints import TextOnlyLogitsProcessor, VisionGridLogitsProcessor, grid_length
 from megatron_emu3.generation.decoding import HFLM, MegatronLM
 from megatron_emu3.generation.sampler import choose, guide
@@ -99,41 +99,57 @@ def decode(lm, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: 
     return out
 
 
+def continuation_prompt(context, caption: str, meta: VisionMeta, tokenizer) -> list[int]:
+    """``context caption SOV meta SOT``: an interleaved document so far (BOS segment ..., its EOS dropped)
+    continued by a text segment and the start of the next vision block."""
+    ids = [int(i) for i in context]
+    if not ids or ids[0] != tokens.BOS:
+        raise GenerationError("an interleaved context starts with BOS (a document's ids, e.g. from a shard)")
+    if ids[-1] == tokens.EOS:
+        ids = ids[:-1]
+    if (np.asarray(ids) == tokens.SOV).sum() != (np.asarray(ids) == tokens.EOV).sum():
+        raise GenerationError("the interleaved context ends inside a vision block; cut it between segments")
+    return [*ids, *tokenizer.encode(caption), tokens.SOV, *tokenizer.encode(meta.text()), tokens.SOT]
+
+
 def generate_vision(lm, tokenizer, caption: str, meta: VisionMeta, sampling: SamplingConfig,
-                    num_codes: int = tokens.NUM_VISION_CODES, device=None) -> tuple[np.ndarray, list[int]]:
-    """(codes (h, w) or (t, h, w), the whole document ids) for one caption; CFG when guidance != 1."""
+                    num_codes: int | None = None, device=None, context=None,
+                    layout: tokens.VisionLayout = tokens.EMU3_VISION) -> tuple[np.ndarray, list[int]]:
+    """(codes (h, w) or (t, h, w), the whole document ids) for one caption; CFG when guidance != 1.
+    With `context` (ids of an interleaved document so far) the picture continues that document: the
+    caption becomes its next text segment (see `continuation_prompt`). Codes are those of `layout`
+    (the vision tokenizer's; the first `num_codes` of them when given)."""
     frames = meta.frames or 1
     if min(frames, meta.height, meta.width) < 1:
         raise GenerationError(f"grid {frames}x{meta.height}x{meta.width} must be at least 1x1x1")
-    prompt = generation_prompt(tokenizer.encode(caption), meta, tokenizer)
+    prompt = generation_prompt(tokenizer.encode(caption), meta, tokenizer) if context is None \
+        else continuation_prompt(context, caption, meta, tokenizer)
     length = grid_length(frames, meta.height, meta.width)
     check_fits(len(prompt), length, lm.max_length,
                f"a {frames}x{meta.height}x{meta.width} grid" if meta.is_video else f"a {meta.height}x{meta.width} grid")
     negative = [generation_prompt([], meta, tokenizer, with_caption=False)] if sampling.guidance_scale != 1.0 else None
-    grid = VisionGridLogitsProcessor(len(prompt), frames, meta.height, meta.width, num_codes)
+    grid = VisionGridLogitsProcessor(len(prompt), frames, meta.height, meta.width, num_codes, layout)
     new = decode(lm, [prompt], length, sampling, [grid], negative, device=device)[0]
     ids = prompt + new
-    return parse(ids, tokenizer).codes, ids
+    if context is None:
+        return parse(ids, tokenizer, layout).codes, ids
+    return parse_segments(ids, tokenizer, layout)[-1].codes, ids
 
 
 def understanding_prompt(codes: np.ndarray, tokenizer, question: str = "", fps: float | None = None,
-                         temporal_factor: int = 4) -> list[int]:
-    """``BOS SOV meta SOT grid EOV [question]`` for codes (h, w) or (t, h, w)."""
+                         layout: tokens.VisionLayout = tokens.EMU3_VISION) -> list[int]:
+    """``BOS SOV meta SOT grid EOV [question]`` for codes (h, w) or (t, h, w) of `layout`."""
     codes = np.asarray(codes)
-    if codes.ndim == 3:
-        t, h, w = codes.shape
-        fps = fps or 8.0
-        meta = VisionMeta(h, w, t, float(fps), round(t * temporal_factor / fps, 2))
-    else:
-        meta = VisionMeta(*codes.shape)
-    block = vision_block(codes, tokenizer.encode(meta.text()))
+    meta = video_meta(*codes.shape, fps or 8.0, layout) if codes.ndim == 3 else VisionMeta(*codes.shape)
+    block = vision_block(codes, tokenizer.encode(meta.text()), layout)
     return [tokens.BOS, *block.tolist(), *tokenizer.encode(question)]
 
 
 def understand(lm, tokenizer, codes: np.ndarray, sampling: SamplingConfig, max_new_tokens: int = 64,
-               question: str = "", device=None) -> tuple[str, list[int]]:
-    """(text, generated ids) describing a code grid: text tokens only, stops at EOS."""
-    prompt = understanding_prompt(codes, tokenizer, question)
+               question: str = "", device=None,
+               layout: tokens.VisionLayout = tokens.EMU3_VISION) -> tuple[str, list[int]]:
+    """(text, generated ids) describing a code grid of `layout`: text tokens only, stops at EOS."""
+    prompt = understanding_prompt(codes, tokenizer, question, layout=layout)
     new = decode(lm, [prompt], max_new_tokens, sampling, [TextOnlyLogitsProcessor()], stop_id=tokens.EOS,
                  device=device)[0]
     text_ids = [i for i in new if i != tokens.EOS]

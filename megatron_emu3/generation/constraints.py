@@ -35,17 +35,18 @@ class VisionGridLogitsProcessor:
     """Masks logits so that generation after a prompt ending in SOT fills a (frames, height, width) grid.
 
     `prompt_length` is the length of the prompt rows (left-padded batches share it); only the first
-    `num_codes` vision codes are allowed (the VQ's codebook size).
+    `num_codes` vision codes of `layout` are allowed (default: the layout's whole codebook).
     """
 
     def __init__(self, prompt_length: int, frames: int, height: int, width: int,
-                 num_codes: int = tokens.NUM_VISION_CODES):
+                 num_codes: int | None = None, layout: tokens.VisionLayout = tokens.EMU3_VISION):
         if min(frames, height, width) < 1:
             raise ValueError(f"grid must be at least 1x1x1, got frames={frames} height={height} width={width}")
-        if not 1 <= num_codes <= tokens.NUM_VISION_CODES:
-            raise ValueError(f"num_codes must be in [1, {tokens.NUM_VISION_CODES}], got {num_codes}")
+        num_codes = layout.codebook_size if num_codes is None else num_codes
+        if not 1 <= num_codes <= layout.codebook_size:
+            raise ValueError(f"num_codes must be in [1, {layout.codebook_size}] ({layout.tokenizer}), got {num_codes}")
         self.prompt_length, self.frames, self.height, self.width = prompt_length, frames, height, width
-        self.num_codes = num_codes
+        self.num_codes, self.first_code = num_codes, layout.first_code
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         k = input_ids.shape[-1] - self.prompt_length
@@ -56,7 +57,10 @@ class VisionGridLogitsProcessor:
                 raise ValueError(f"the model's vocabulary ({scores.shape[-1]}) has no id {forced}")
             masked[:, forced] = 0.0
             return masked
-        codes = slice(tokens.FIRST_VISION_CODE, tokens.FIRST_VISION_CODE + self.num_codes)
+        if self.first_code + self.num_codes > scores.shape[-1]:
+            raise ValueError(f"the model's vocabulary ({scores.shape[-1]}) has no ids for codes up to "
+                             f"{self.first_code + self.num_codes - 1}; it was not trained with this vision tokenizer")
+        codes = slice(self.first_code, self.first_code + self.num_codes)
         masked[:, codes] = scores[:, codes]
         return masked
 

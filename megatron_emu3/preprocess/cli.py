@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     resized = report["resized_to_fit"]
     if any(resized.values()):
         log.info("made smaller to fit --max-seq-len %d: %d image(s), %d video(s) with smaller frames, %d of them "
-                 "also shorter", settings.max_seq_len, resized["image"], resized["video"] + resized["video_shortened"],
-                 resized["video_shortened"])
+                 "also shorter, %d interleaved document(s)", settings.max_seq_len, resized["image"],
+                 resized["video"] + resized["video_shortened"], resized["video_shortened"], resized["interleaved"])
     log.info("wrote %d document(s) (%d text + %d vision tokens) into %d shard(s); skipped %d row(s); report %s",
              report["documents_written"], report["tokens"]["text"], report["tokens"]["vision"],
              len(report["shards"]), report["skipped_count"], report_path)

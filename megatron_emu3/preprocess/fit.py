@@ -108,3 +108,35 @@ def fit_video(frames: int, height: int, width: int, doc_length: Callable[[int, i
         if fits_with(t)(*small):
             return Fit(*small, t * temporal_factor, resized=True, shortened=True)
     return None
+
+
+def fit_interleaved(sizes: list[tuple[int, int, int, int]], doc_length: Callable[[list[tuple[int, int]]], int],
+                    max_seq_len: int, factor: int, fit: bool = True) -> tuple[list[tuple[int, int]], bool] | None:
+    """Pixel sizes of every vision segment of an interleaved document, and whether they were shrunk.
+
+    `sizes`: (height, width, min_pixels, max_pixels) per segment; `doc_length(pixel sizes)`: tokens of the
+    whole document. Each segment first gets its area range's size; when the document does not fit, every
+    segment's area is scaled by one common factor (the largest that fits, by bisection; each segment
+    not below its own minimum area), so the pictures keep their relative sizes. None if even all the
+    minimum areas do not fit (frames are never dropped from an interleaved clip).
+    """
+    natural = [smart_resize(h, w, factor, lo, hi) for h, w, lo, hi in sizes]
+    if doc_length(natural) <= max_seq_len:
+        return natural, False
+    if not fit:
+        return None
+
+    def scaled(s: float) -> list[tuple[int, int]]:
+        return [scaled_size(h, w, max(min(lo, nh * nw), int(s * nh * nw)), factor)
+                for (h, w, lo, _), (nh, nw) in zip(sizes, natural)]
+
+    if doc_length(scaled(0.0)) > max_seq_len:
+        return None
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        mid = (low + high) / 2
+        if doc_length(scaled(mid)) <= max_seq_len:
+            low = mid
+        else:
+            high = mid
+    return scaled(low), True

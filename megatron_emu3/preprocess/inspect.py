@@ -128,10 +128,12 @@ def decode_document(shards: ShardSet, index: int, text_tokenizer, vision_tokeniz
     if vision_tokenizer is not None and vision_tokenizer.layout.ids() != shards.layout.ids():
         raise ValueError(f"the shards hold {shards.layout.describe()}, but the vision tokenizer given is "
                          f"{vision_tokenizer.layout.describe()}: pass the --vq-dir the shards were written with")
-    doc = documents.parse(ids, text_tokenizer, shards.layout)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"doc_{index:05d}"
+    if kind == DocKind.INTERLEAVED:
+        return _decode_interleaved(ids, index, stem, text_tokenizer, vision_tokenizer, shards.layout, video_format)
+    doc = documents.parse(ids, text_tokenizer, shards.layout)
     record = {"document": index, "kind": kind.name.lower(), "parsed_kind": doc.kind.name.lower(),
               "tokens": int(ids.size), "text": text_tokenizer.decode(doc.text_ids.tolist())}
     if doc.meta is not None:
@@ -144,5 +146,27 @@ def decode_document(shards: ShardSet, index: int, text_tokenizer, vision_tokeniz
             else:
                 path = save_pixels(pixels, stem.with_suffix(".png"))
             record["media"] = str(path)
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    return record
+
+
+def _decode_interleaved(ids, index: int, stem: Path, text_tokenizer, vision_tokenizer, layout,
+                        video_format: str) -> dict:
+    """doc_N.json listing every segment in order (text, or meta + the file of its pixels)."""
+    segments = []
+    for i, seg in enumerate(documents.parse_segments(ids, text_tokenizer, layout)):
+        if seg.is_text:
+            segments.append({"text": text_tokenizer.decode(seg.text_ids.tolist())})
+            continue
+        entry = {"video" if seg.meta.is_video else "image": None, "meta": seg.meta.text(),
+                 "codes_shape": list(seg.codes.shape)}
+        if vision_tokenizer is not None:
+            pixels = vision_tokenizer.decode(seg.codes)
+            suffix = f".{video_format}" if seg.meta.is_video else ".png"
+            path = save_pixels(pixels, stem.with_name(f"{stem.name}_seg{i}{suffix}"), seg.meta.fps)
+            entry["video" if seg.meta.is_video else "image"] = str(path)
+        segments.append(entry)
+    record = {"document": index, "kind": DocKind.INTERLEAVED.name.lower(), "tokens": int(len(ids)),
+              "segments": segments}
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return record

@@ -3,6 +3,8 @@
 A row has `text` (the caption, or the whole document for text-only rows) and optionally `image` or
 `video` (a path relative to the manifest's directory, an absolute path, or, in Parquet, the file's
 bytes) and `task` = "generation" (default) | "understanding". Other keys are ignored.
+An interleaved row (JSONL) has instead `segments`: an ordered list of one-key objects, `{"text": ...}`,
+`{"image": PATH}` or `{"video": PATH}`, with at least one vision segment; it becomes one document.
 
 Rows are numbered from 1 (the line number in JSONL, the 1-based row index in Parquet). Problems with
 the whole manifest (missing, unreadable, wrong Parquet column types) raise `ManifestError`: the run
@@ -18,6 +20,7 @@ from typing import Iterator
 
 TASKS = ("generation", "understanding")
 MEDIA_FIELDS = ("image", "video")
+SEGMENT_FIELDS = ("text", *MEDIA_FIELDS)
 
 
 class ManifestError(ValueError):
@@ -34,6 +37,7 @@ class Row:
     task: str = "generation"
     media_field: str | None = None  # "image" | "video" | None for a text-only row
     media: str | bytes | None = None  # a resolved path, or the bytes from Parquet
+    segments: tuple[tuple[str, str], ...] | None = None  # interleaved rows: (field, text or resolved path)
 
     @property
     def media_label(self) -> str | None:
@@ -174,6 +178,8 @@ class Manifest:
         def error(field, reason, path=None):
             return RowError(self.name, row, field, reason, path)
 
+        if record.get("segments") is not None:
+            return self._validate_segments(row, record["segments"], error)
         text = record.get("text")
         if text is None:
             return error("text", "caption is missing or null; every row needs a non-empty 'text'")
@@ -212,6 +218,31 @@ class Manifest:
         elif not media:
             return error(field, f"'{field}' holds 0 bytes", "<0 bytes in the manifest>")
         return Row(self.name, row, text, task, field, media)
+
+    def _validate_segments(self, row: int, segments, error) -> Row | RowError:
+        """An interleaved row: every segment one of text / image / video, at least one vision segment."""
+        if not isinstance(segments, list) or not segments:
+            return error("segments", "'segments' must be a non-empty list of {\"text\"|\"image\"|\"video\": ...}")
+        out = []
+        for i, seg in enumerate(segments):
+            name = f"segments[{i}]"
+            if not isinstance(seg, dict) or len(seg) != 1 or next(iter(seg)) not in SEGMENT_FIELDS:
+                return error(name, f"a segment is one object with exactly one key of {SEGMENT_FIELDS}, got {seg!r:.80}")
+            field, value = next(iter(seg.items()))
+            if not isinstance(value, str) or not value.strip():
+                return error(f"{name}.{field}", f"'{field}' must be a non-empty string, got {value!r:.40}")
+            if field == "text":
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return error(f"{name}.text", "text is not valid UTF-8 (a lone surrogate escape); fix the text")
+            else:
+                value = str((self.base_dir / value).resolve())
+            out.append((field, value))
+        if not any(f != "text" for f, _ in out):
+            return error("segments", "no image or video segment; a text-only document is a plain {\"text\": ...} row")
+        text = "\n".join(v for f, v in out if f == "text")
+        return Row(self.name, row, text, "generation", segments=tuple(out))
 
     def rows(self, start: int, stop: int) -> Iterator[Row | RowError]:
         """Validated rows for 0-based row indices [start, stop)."""

@@ -18,7 +18,8 @@ def row_key(row: Row) -> bytes:
     media = row.media
     if isinstance(media, bytes):
         media = "sha1:" + hashlib.sha1(media).hexdigest()
-    payload = "\x00".join([row.task, row.media_field or "", media or "", row.text])
+    payload = "\x00".join([row.task, row.media_field or "", media or "", row.text,
+                            repr(row.segments) if row.segments else ""])
     return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).digest()
 
 

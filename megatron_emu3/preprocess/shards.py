@@ -22,9 +22,9 @@ import torch
 from megatron_emu3.data.tokens import EMU3_VISION, DocKind, VisionLayout, is_vision_code
 
 SHARD_FORMAT_VERSION = 1
-RESIZE_KINDS = ("image", "video", "video_shortened")
+RESIZE_KINDS = ("image", "video", "video_shortened", "interleaved")
 """Documents made smaller to fit the context: images scaled down, videos with smaller frames, videos
-with smaller frames and fewer of them."""
+with smaller frames and fewer of them, interleaved documents with every picture / clip scaled down."""
 
 
 class ShardMismatchError(RuntimeError):

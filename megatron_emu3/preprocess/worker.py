@@ -112,6 +112,8 @@ class Worker:
             return skip_entry(item, None, f"duplicate of {duplicate_of[0]} row {duplicate_of[1]} (same task, text "
                               "and media; the first is kept; --keep-duplicates keeps both)", item.media_label)
         s = self.settings
+        if item.segments is not None:
+            return self._prepare_interleaved(item)
         text_ids = self.text.encode(item.text)
         if item.media_field is None:
             return Prepared(item, DocKind.TEXT, text_ids, doc=documents.format_text(text_ids))
@@ -135,6 +137,69 @@ class Worker:
                 f"the document does not fit --max-seq-len {s.max_seq_len} {why}; never truncated: shorten the "
                 "caption, lower the minimum area or raise --max-seq-len"), item.media_label)
         return prepared
+
+    def _prepare_interleaved(self, item: Row) -> Prepared | dict:
+        """A `segments` row: every segment read in order, the pictures / clips sized by their area ranges
+        and, if the document would exceed --max-seq-len, all shrunk by one common factor (fit.fit_interleaved),
+        then encoded one by one into one document. Any bad segment skips the row naming it."""
+        s, layout = self.settings, self.layout
+        if s.vq_dir is None:
+            return skip_entry(item, "segments", "this run has no --vq-dir; pass the vision tokenizer directory "
+                              "to tokenize interleaved documents")
+        loaded = []  # (field, text ids | PIL image | (clip, fps), name, value)
+        for i, (field, value) in enumerate(item.segments):
+            name = f"segments[{i}].{field}"
+            try:
+                if field == "text":
+                    loaded.append((field, self.text.encode(value), name, value))
+                elif field == "image":
+                    loaded.append((field, media.load_image(value, min_side=layout.spatial_factor), name, value))
+                else:
+                    loaded.append((field, media.read_video(value, s.video_fps, s.video_max_seconds,
+                                                           multiple=layout.temporal_factor), name, value))
+            except media.MediaError as err:
+                return skip_entry(item, name, str(err), value)
+        vision = [(f, x) for f, x, _, _ in loaded if f != "text"]
+        ranges = [(x.height, x.width, s.min_pixels, s.max_pixels) if f == "image" else
+                  (x[0].shape[1], x[0].shape[2], s.video_min_pixels, s.video_max_pixels) for f, x in vision]
+        text_len = sum(len(x) for f, x, _, _ in loaded if f == "text")
+
+        def metas(pixel_sizes) -> list[documents.VisionMeta]:
+            f_ = layout.spatial_factor
+            return [documents.VisionMeta(h // f_, w // f_) if f == "image" else
+                    documents.video_meta(x[0].shape[0] // layout.temporal_factor, h // f_, w // f_, x[1], layout)
+                    for (f, x), (h, w) in zip(vision, pixel_sizes)]
+
+        def length(pixel_sizes) -> int:
+            blocks = [documents.vision_block_length(len(self.text.encode(m.text())), m.frames or 1, m.height, m.width)
+                      for m in metas(pixel_sizes)]
+            return documents.interleaved_length([text_len, *blocks])
+
+        fitted = fit.fit_interleaved(ranges, length, s.max_seq_len, layout.spatial_factor, s.fit_to_context)
+        if fitted is None:
+            return skip_entry(item, "segments", (
+                f"the interleaved document does not fit --max-seq-len {s.max_seq_len} even with every picture and "
+                "clip at its minimum area (never truncated): split the row or raise --max-seq-len"))
+        pixel_sizes, resized = fitted
+        segments, at = [], 0
+        for field, x, name, value in loaded:
+            if field == "text":
+                segments.append(documents.Segment(text_ids=np.asarray(x, dtype=np.int64)))
+                continue
+            (h, w), meta = pixel_sizes[at], metas(pixel_sizes)[at]
+            at += 1
+            try:
+                if field == "image":
+                    codes = self.vq.encode_images(media.to_pixel_values(np.asarray(media.resize_to(x, h, w)))[None])[0]
+                else:
+                    codes = self.vq.encode_videos(media.to_pixel_values(media.resize_frames(x[0], h, w))[None])[0]
+            except Exception as err:  # noqa: BLE001 - a VQ failure costs only this row
+                self._release_memory()
+                return skip_entry(item, name, f"the vision tokenizer failed on this segment ({type(err).__name__}: "
+                                  f"{err})", value)
+            segments.append(documents.Segment(meta=meta, codes=codes))
+        return Prepared(item, DocKind.INTERLEAVED, [], doc=documents.format_interleaved(segments, self.text, layout),
+                        resized="interleaved" if resized else None)
 
     def _doc_length(self, text_ids: list[int], meta: documents.VisionMeta) -> int:
         return documents.vision_document_length(len(text_ids), len(self.text.encode(meta.text())),

@@ -1,11 +1,12 @@
 """model.qk_layernorm (per-head RMSNorm of queries and keys, Emu3.5 / Qwen3) with a head width other
 than hidden / heads: TP=2, CP=2 (ring attention) and the Transformer Engine THD layout at CP=2 give
 the loss and every gradient of one rank (same weights and packed shard batch; loss rel 1e-6,
-gradients atol 2e-6, fp32 on CPU). Also: HF export refuses such a model, and the Emu3.5-34B preset's
-dry run prints the published parameter count."""
+gradients atol 2e-6, fp32 on CPU); a resumed run is bitwise the uninterrupted one. Also: HF export
+refuses such a model, and the Emu3.5-34B preset's dry run prints the published parameter count."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,51 @@ def test_emu3p5_34b_dry_run_prints_the_published_count():
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"parameters (unpadded vocab 282,926): {counts['total']:,}" in out.stdout + out.stderr
     assert counts["total"] == 34_103_460_864
+
+
+def test_qk_layernorm_resume_is_bitwise(tmp_path):
+    from tests.distributed.scenarios import train_save
+
+    base = QK + ["model.vocab_size=512", "data.synthetic_vocab=64", "data.seq_length=32", "checkpoint.interval=2",
+                 "model.hidden_dropout=0.1", "model.attention_dropout=0.1", "optimizer.warmup_iters=1"]
+    (straight,) = run_ranks(1, train_save, base + ["train.iters=4"], str(tmp_path / "straight"), timeout=300)
+    run_ranks(1, train_save, base + ["train.iters=2"], str(tmp_path / "resumed"), timeout=300)
+    (resumed,) = run_ranks(1, train_save, base + ["train.iters=4"], str(tmp_path / "resumed"), timeout=300)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # the second launch went on from the step-2 checkpoint, not from scratch
+    assert any("q_layernorm" in n for n in straight["params"])
+    for name, p in straight["params"].items():
+        assert torch.equal(resumed["params"][name], p), name
+    assert torch.equal(resumed["logits"], straight["logits"])
+
+
+def qk_generation(overrides: list[str]) -> dict:
+    """In a spawned rank: a random QK-norm model; KV-cached decoding steps vs the full forward."""
+    from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.generation.api import decode, left_pad
+    from megatron_emu3.generation.decoding import MegatronLM
+    from megatron_emu3.generation.sampling import SamplingConfig
+    from megatron_emu3.model.build import build_model
+    from megatron_emu3.parallel.setup import DistEnv, destroy_distributed, init_distributed
+    from tests.distributed.scenarios import RECIPE
+
+    cfg = resolve_config(RECIPE, overrides)
+    init_distributed(cfg, DistEnv(0, 1, 0))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    cached, full = MegatronLM(model, max_length=64), MegatronLM(model, max_length=64, use_cache=False)
+    ids, valid = left_pad([[5, 9, 11, 3], [7, 2]])
+    steps = [cached.start(ids, valid)] + [cached.step(torch.tensor([k, k + 1])) for k in (4, 6, 8)]
+    new = torch.tensor([[4, 6, 8], [5, 7, 9]])
+    reference = full.full_logits(torch.cat([ids, new], 1), torch.cat([valid, torch.ones_like(new, dtype=torch.bool)], 1))
+    out = {"max_diff": max((steps[k] - reference[:, 3 + k]).abs().max().item() for k in range(len(steps))),
+           "greedy_cached": decode(cached, [[5, 9, 11]], 6, SamplingConfig(top_k=1))[0],
+           "greedy_full": decode(full, [[5, 9, 11]], 6, SamplingConfig(top_k=1))[0]}
+    destroy_distributed()
+    return out
+
+
+def test_qk_layernorm_generation_cache_matches_full_forward():
+    (out,) = run_ranks(1, qk_generation, QK + ["model.vocab_size=512", "model.init_std=0.3",
+                                              "parallel.attention_backend=sdpa"], timeout=300)
+    assert out["max_diff"] < 1e-4 and out["greedy_cached"] == out["greedy_full"]

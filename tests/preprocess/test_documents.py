@@ -48,6 +48,18 @@ def test_parse_round_trip_every_kind(text_tokenizer, kind):
         parsed = documents.parse(documents.format_text(text), text_tokenizer)
         assert parsed.kind == DocKind.TEXT and parsed.text_ids.tolist() == text and parsed.codes is None
         return
+    if kind == DocKind.INTERLEAVED:  # text, image, text, video: parsed back segment by segment
+        segs = [documents.Segment(text_ids=np.asarray(text)),
+                documents.Segment(meta=VisionMeta(4, 5), codes=rng.integers(0, tokens.NUM_VISION_CODES, (4, 5))),
+                documents.Segment(text_ids=np.asarray(text[:3])),
+                documents.Segment(meta=VisionMeta(2, 3, 2, 8.0, 1.0),
+                                  codes=rng.integers(0, tokens.NUM_VISION_CODES, (2, 2, 3)))]
+        parsed = documents.parse_segments(documents.format_interleaved(segs, text_tokenizer), text_tokenizer)
+        assert len(parsed) == 4 and parsed[0].text_ids.tolist() == text and parsed[2].text_ids.tolist() == text[:3]
+        for got, want in ((parsed[1], segs[1]), (parsed[3], segs[3])):
+            assert got.meta == want.meta
+            np.testing.assert_array_equal(got.codes, want.codes)
+        return
     video = kind in (DocKind.VIDEO_GENERATION, DocKind.VIDEO_UNDERSTANDING)
     codes = rng.integers(0, tokens.NUM_VISION_CODES, size=(3, 4, 5) if video else (4, 5))
     meta = VisionMeta(4, 5, 3, 7.5, 1.6) if video else VisionMeta(4, 5)

@@ -82,7 +82,7 @@ def test_real_video_through_stage_two_and_shortened_at_stage_one(tmp_path, vq_di
                                     "video": str(video)}) + "\n")
     report = preprocess(manifest, tmp_path / "two" / "s", vq_dir, "--stage", "2")
     assert report["documents_written"] == 1 and report["settings"]["max_seq_len"] == 131072
-    assert report["resized_to_fit"] == {"image": 0, "video": 0, "video_shortened": 0}
+    assert report["resized_to_fit"] == {"image": 0, "video": 0, "video_shortened": 0, "interleaved": 0}
     doc = documents.parse(inspect.ShardSet(tmp_path / "two" / "s")[0][0], text_tokenizer)
     assert doc.codes.shape == (4, 15, 20) and doc.meta.text() == "15*20*4 8fps 2.00s"
     # The same clip where only 2 latent frames fit even at the minimum frame area: cut, not skipped.

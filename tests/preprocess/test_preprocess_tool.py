@@ -132,7 +132,7 @@ def test_bad_input_corpus(tmp_path, vq_dir, text_tokenizer):
     assert kinds[:4] == ["TEXT", "IMAGE_GENERATION", "IMAGE_UNDERSTANDING", "VIDEO_GENERATION"]
     assert all(k == d.kind for k, d in docs)
     assert report["documents_by_kind"]["image_generation"] == 6
-    assert report["resized_to_fit"] == {"image": 1, "video": 0, "video_shortened": 0}
+    assert report["resized_to_fit"] == {"image": 1, "video": 0, "video_shortened": 0, "interleaved": 0}
     shrunk = docs[[text_tokenizer.decode(d.text_ids.tolist()) for _, d in docs].index("shrunk to fit")][1]
     assert shrunk.codes.shape[0] == shrunk.codes.shape[1] and shrunk.codes.size < (192 // 8) ** 2  # square kept
     assert max(len(ids) for ids, _ in (inspect.ShardSet(tmp_path / "out" / "s")[i] for i in range(len(docs)))) <= 400

@@ -93,7 +93,7 @@ def test_blending_two_layouts_is_refused_and_model_vocab_is_checked(tmp_path, co
     base = [sys.executable, "-m", "megatron_emu3.train", "--config", str(REPO / "examples/recipes/tiny.yaml"),
             "data.source=shards", f"data.sources=[{{prefix: {tmp_path / 'other' / 's_*'}, weight: 1.0}}]",
             "data.split='100,0'", "data.seq_length=1024", "data.global_batch_size=2", "data.micro_batch_size=1",
-            "train.iters=2", "optimizer.warmup_iters=1", "checkpoint.save_at_end=false"]
+            "train.iters=2", "optimizer.warmup_iters=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     refused = subprocess.run(base + [f"run_dir={tmp_path / 'run0'}"], cwd=REPO, capture_output=True, text=True,
                              timeout=300, env=env)
@@ -106,3 +106,18 @@ def test_blending_two_layouts_is_refused_and_model_vocab_is_checked(tmp_path, co
     assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
     assert records[0]["vision_loss"] is not None  # the 40,960-code ids count as vision tokens
     assert records[0]["data_oversize_vision_skipped"] == 0 and "data_oversize_vision_skipped" not in records[1]
+    # generation from that model draws the second tokenizer's codes and decodes them with it
+    gen = subprocess.run([sys.executable, str(REPO / "tools" / "generate.py"), "--checkpoint",
+                          str(tmp_path / "run" / "checkpoints"), "--vq-dir", str(vq2_dir), "--prompt", "a cat",
+                          "--height", "3", "--width", "4", "--cfg", "1.0", "--out", str(tmp_path / "gen.png"),
+                          "--save-tokens", str(tmp_path / "gen.json")], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "gen.png").size == (16, 12)  # 4x spatial: 4 x 3 codes -> 16 x 12 pixels
+    ids = json.loads((tmp_path / "gen.json").read_text())["ids"]
+    from megatron_emu3.data.text_tokenizer import Emu3TextTokenizer
+
+    codes = documents.parse(ids, Emu3TextTokenizer.from_default(), vq2.layout).codes
+    assert codes.shape == (3, 4) and codes.max() < CODES
