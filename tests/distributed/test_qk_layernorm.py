@@ -79,7 +79,7 @@ def test_hf_export_refuses_qk_layernorm():
 def test_emu3p5_34b_dry_run_prints_the_published_count():
     from megatron_emu3.config.presets import model_preset
     from megatron_emu3.config.schema import ModelConfig
-    from megatron_emu3.model.build import count_parameters
+    from megatron_emu3.model.params import count_parameters
 
     counts = count_parameters(ModelConfig(**model_preset("emu3p5_34b")))
     assert counts["embeddings"] == 282_926 * 5120 * 2 == 2_897_162_240  # paper: 2.9B embeddings
