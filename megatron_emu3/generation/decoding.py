@@ -44,11 +44,11 @@ def _mask(valid_keys: torch.Tensor, q_len: int, offset: int) -> torch.Tensor:
 class MegatronLM:
     """Decoding session over our GPTModel (DDP/Float16Module wrappers are unwrapped).
 
-    `vocab_size` trims megatron-core's padded vocabulary rows; `max_length` bounds the cache. Under
+    `vocab_size` (the config's model.vocab_size) trims the padded vocabulary rows; `max_length` bounds the cache. Under
     tensor parallelism `ctx` (this rank's parallel context) lets every TP rank take TP rank 0's tokens.
     """
 
-    def __init__(self, model: torch.nn.Module, vocab_size: int | None = None, max_length: int = 4096,
+    def __init__(self, model: torch.nn.Module, vocab_size: int, max_length: int = 4096,
                  use_cache: bool = True, ctx: ParallelContext | None = None):
         self.gpt = unwrap(model)
         cfg = self.gpt.config
@@ -59,7 +59,7 @@ class MegatronLM:
         if cfg.sequence_parallel or cfg.context_parallel_size > 1:
             raise ValueError("generation runs without sequence or context parallelism; build or load the model "
                              "with parallel.sequence_parallel=false parallel.cp=1 (any parallel.tp works)")
-        self.vocab_size = vocab_size or self.gpt.vocab_size
+        self.vocab_size = vocab_size  # the real vocabulary: the padding rows' logits are -inf
         self.max_length, self.use_cache = max_length, use_cache
         self.gpt.eval()
 

@@ -123,7 +123,8 @@ def qk_generation(overrides: list[str]) -> dict:
     init_distributed(cfg, DistEnv(0, 1, 0))
     torch.manual_seed(0)
     model = build_model(cfg)
-    cached, full = MegatronLM(model, max_length=64), MegatronLM(model, max_length=64, use_cache=False)
+    cached, full = (MegatronLM(model, cfg.model.vocab_size, max_length=64),
+                    MegatronLM(model, cfg.model.vocab_size, max_length=64, use_cache=False))
     ids, valid = left_pad([[5, 9, 11, 3], [7, 2]])
     steps = [cached.start(ids, valid)] + [cached.step(torch.tensor([k, k + 1])) for k in (4, 6, 8)]
     new = torch.tensor([[4, 6, 8], [5, 7, 9]])

@@ -21,7 +21,8 @@ def cache_vs_full_on_cuda(dtype_name: str) -> float:
     init_distributed(cfg, DistEnv(0, 1, 0))
     gpt = build_model(cfg).cuda().to(getattr(torch, dtype_name))
     ids, valid = left_pad([[151849, 5, 6, 7, 8], [151849, 9]], device="cuda")
-    cached, full = MegatronLM(gpt, max_length=64), MegatronLM(gpt, max_length=64, use_cache=False)
+    cached, full = (MegatronLM(gpt, cfg.model.vocab_size, max_length=64),
+                    MegatronLM(gpt, cfg.model.vocab_size, max_length=64, use_cache=False))
     steps = [cached.start(ids, valid)]
     new = torch.tensor([[1, 2, 3], [4, 5, 6]], device="cuda")
     steps += [cached.step(new[:, k]) for k in range(3)]

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from megatron_emu3.data import documents, media
+from megatron_emu3.config.schema import DataConfig, DataSource
 from megatron_emu3.data.dataset import build_datasets
 from megatron_emu3.data.tokens import EOV, SOV, DocKind
 from megatron_emu3.preprocess import inspect
@@ -90,7 +91,7 @@ def test_inspect_decodes_every_segment(shards, vq_dir, tmp_path):
 def test_packed_whole_with_loss_weights_and_trains_at_tp2_cp2(shards, tmp_path):
     root, _ = shards
     prefix = str(root / "out" / "s_00000")
-    train, _ = build_datasets({"sources": [{"prefix": prefix, "weight": 1.0}], "split": "100,0"}, 512, 0, 4)
+    train, _ = build_datasets(DataConfig(sources=[DataSource(prefix)], split="100,0"), 512, 0, 4)
     doc_len = int(inspect.ShardSet(root / "out" / "s").lengths()[0])
     sample = next(train[i] for i in range(len(train)) if any(d == 0 for d, _, _ in train.pieces(i)))
     pieces = next(p for i in range(len(train)) for p in train.pieces(i) if p[0] == 0)
