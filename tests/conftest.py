@@ -5,6 +5,10 @@ one worker (its module fixtures are built once), and every test that talks to th
 on the same worker (one daemon, one queue).
 """
 
+import os
+import signal
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,3 +25,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:  # the marker, not any keyword (a folder named gpu)
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _reap_orphans(request):
+    """After each test, kill what its processes left behind: megatron-core's checkpoint writer
+    processes outlive a rank that a test SIGKILLs mid-save (they wait forever on the dead parent)."""
+    yield
+    marker = f"PYTEST_CURRENT_TEST={request.node.nodeid} ".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if proc.joinpath("stat").read_text().split()[3] != "1":  # orphans only (parent pid 1)
+                continue
+            if marker in proc.joinpath("environ").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, IndexError):
+            continue

@@ -35,15 +35,18 @@ def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 6
     else:
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            # a lone process (tools, single-rank runs) must not collide with a job on the default port
-            os.environ["MASTER_PORT"] = str(_free_port()) if env.world_size == 1 else "29500"
+        # A lone process (tools, single-rank runs) needs no rendezvous: an in-memory store, no port
+        # to collide with a job (or another lone process) on this host.
+        rendezvous = {"store": dist.HashStore()} if env.world_size == 1 else {}
+        if env.world_size > 1:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
         dist.init_process_group(
             backend="nccl" if on_gpu else "gloo",
             rank=env.rank,
             world_size=env.world_size,
             timeout=datetime.timedelta(seconds=timeout_s),
+            **rendezvous,
         )
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
@@ -59,12 +62,6 @@ def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 6
                 ctx.world_size, ctx.local_rank, socket.gethostname(), ctx.tp_rank, ctx.cp_rank, ctx.pp_rank,
                 ctx.dp_rank, f"cuda:{env.local_rank}" if on_gpu else "cpu/gloo")
     return ctx
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def destroy_distributed() -> None:

@@ -14,6 +14,7 @@ import atexit
 import io
 import os
 import queue
+import random
 import socket
 import traceback
 
@@ -22,9 +23,20 @@ import torch.multiprocessing as mp
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (where outgoing connections of other tests take
+    theirs), from a range of its own per pytest-xdist worker, so concurrent launches do not collide."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    low = 10_000 + 2_500 * (index % 4)  # (launch/slurm uses 20000 + job id)
+    for _ in range(200):
+        port = random.randrange(low, low + 2_500)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{low + 2_500}")
 
 
 def _worker(rank: int, world_size: int, tasks, results) -> None:
