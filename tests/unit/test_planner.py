@@ -1,4 +1,4 @@
-"""Planner arithmetic: FLOPs per token of Emu3-8B, memory parts, and that the 8B recipes use the
+"""Planner arithmetic: FLOPs per token of Emu3-8B, memory parts, and that the 8B and 34B recipes use the
 planner's suggestion."""
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ def test_memory_parts_scale_with_the_layout():
     assert no_distopt["optimizer"] == pytest.approx(64 * one["optimizer"])
 
 
-@pytest.mark.parametrize("recipe", ["emu3_8b_stage1.yaml", "emu3_8b_stage2.yaml"])
+@pytest.mark.parametrize("recipe", ["emu3_8b_stage1.yaml", "emu3_8b_stage2.yaml", "emu3p5_34b.yaml"])
 def test_recipes_use_the_planner_suggestion(recipe):
     cfg = resolve_config(str(RECIPES / recipe))
     world = cfg.launch.nodes * cfg.launch.gpus_per_node
     best, _ = suggest(cfg, world, cfg.launch.gpus_per_node, cfg.launch.gpu_memory_gib)
     assert best is not None
     p = cfg.parallel
-    assert (best.tp, best.cp, best.recompute) == (p.tp, p.cp, p.recompute)
+    assert (best.tp, best.cp, best.pp, best.vpp, best.recompute) == (p.tp, p.cp, p.pp, p.vpp, p.recompute)
     assert memory_per_gpu(cfg, best)["total"] < cfg.launch.gpu_memory_gib * GIB
 
 
