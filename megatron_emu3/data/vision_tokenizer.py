@@ -118,6 +118,36 @@ def temporal_latents(model, hidden: torch.Tensor, temporal: int) -> torch.Tensor
     return hidden.permute(0, 2, 1, 3, 4)
 
 
+QUANTIZE_CHUNK_ELEMENTS = 1 << 25
+"""Largest distance matrix (latent vectors x codes) one nearest-code search materialises: 128 MiB in
+fp32. The quantizer compares every latent with every code at once; a batch of 512^2 pictures against
+32,768 codes would otherwise need gigabytes."""
+
+
+def quantize(model, latents: torch.Tensor, max_elements: int = QUANTIZE_CHUNK_ELEMENTS) -> torch.Tensor:
+    """Nearest codes (B, T, h, w) of pre-quantisation latents (B, T, C, h, w) through the model's own
+    quantizer, in pieces of at most `max_elements` distances (whole frames, else rows of one frame).
+    The search is per vector, so the codes are the quantizer's."""
+    b, t, c, h, w = latents.shape
+    codes_in_book = model.quantize.embedding.num_embeddings
+    frames = latents.reshape(b * t, 1, c, h, w)
+    per_frame = h * w * codes_in_book
+    if per_frame * b * t <= max_elements:
+        return model.quantize(latents)
+    out = torch.empty(b * t, h, w, dtype=torch.long, device=latents.device)
+    step = max(1, max_elements // per_frame)
+    if per_frame <= max_elements:
+        for i in range(0, b * t, step):
+            chunk = frames[i:i + step].reshape(-1, 1, c, h, w)
+            out[i:i + step] = model.quantize(chunk).reshape(-1, h, w)
+    else:
+        rows = max(1, max_elements // (w * codes_in_book))
+        for i in range(b * t):
+            for r in range(0, h, rows):
+                out[i, r:r + rows] = model.quantize(frames[i:i + 1, :, :, r:r + rows]).reshape(-1, w)
+    return out.reshape(b, t, h, w)
+
+
 class Emu3VisionTokenizer:
     """Pixels <-> codebook indices with an `Emu3VQVAE`."""
 
@@ -156,7 +186,7 @@ class Emu3VisionTokenizer:
 
     def _codes_from_latents(self, hidden: torch.Tensor, temporal: int) -> torch.Tensor:
         """Spatial encoder output ((B*T), C, h, w) -> codes (B, T/4, h, w): temporal convs + quantizer."""
-        return self.model.quantize(temporal_latents(self.model, hidden, temporal))
+        return quantize(self.model, temporal_latents(self.model, hidden, temporal))
 
     def _spatial(self, frames: torch.Tensor) -> torch.Tensor:
         return spatial_latents(self.model, frames)

@@ -18,7 +18,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from megatron_emu3.data.vision_tokenizer import load_vq_model, spatial_latents, temporal_latents, tiny_vq_config
+from megatron_emu3.data.vision_tokenizer import load_vq_model, quantize, spatial_latents, temporal_latents, tiny_vq_config
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def vq_forward(model, pixels: torch.Tensor, still: bool) -> VQOutput:
     latents = temporal_latents(model, hidden, t)
     embedding = model.quantize.embedding.weight
     with torch.no_grad(), torch.autocast(latents.device.type, enabled=False):  # nearest code in full precision
-        codes = model.quantize(latents.to(embedding.dtype))
+        codes = quantize(model, latents.to(embedding.dtype))
     quantised = F.embedding(codes, embedding).permute(0, 1, 4, 2, 3).to(latents.dtype)  # b t c h w
     codebook_loss = F.mse_loss(quantised.float(), latents.detach().float())
     commitment_loss = F.mse_loss(latents.float(), quantised.detach().float())

@@ -77,3 +77,18 @@ def test_gpu_bf16_codes_match_the_2d_and_4_frame_paths(vq_dir):
     assert vt.dtype == torch.bfloat16
     x = pictures(4)
     np.testing.assert_array_equal(vt.encode_images(x), vt.encode_images_as_clips(x))
+
+
+def test_quantize_in_pieces_equals_the_whole_search(vision_tokenizer):
+    """Bounded memory: whole frames per piece, or rows of one frame, give the quantizer's own codes."""
+    import torch
+
+    from megatron_emu3.data.vision_tokenizer import quantize
+
+    model = vision_tokenizer.model
+    dim = model.quantize.embedding.embedding_dim
+    latents = torch.randn(3, 2, dim, 5, 7, generator=torch.Generator().manual_seed(0))
+    whole = model.quantize(latents)
+    books = model.quantize.embedding.num_embeddings
+    for budget in (5 * 7 * books * 2, 7 * books * 2, 1):  # two frames, two rows, one row per piece
+        assert torch.equal(quantize(model, latents, max_elements=budget), whole)
