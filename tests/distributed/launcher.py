@@ -11,10 +11,12 @@ a hung collective must fail the test, not the suite.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import io
 import os
 import queue
 import random
+import signal
 import socket
 import traceback
 
@@ -40,6 +42,7 @@ def free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, tasks, results) -> None:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the pytest worker
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)  # torch is already imported here: the env var alone comes too late
@@ -86,6 +89,18 @@ class _Pool:
     def alive(self) -> bool:
         return all(p.is_alive() for p in self.procs)
 
+    def largest_rss(self) -> int:
+        """Resident bytes of the largest rank (0 when unreadable)."""
+        largest = 0
+        for p in self.procs:
+            try:
+                for line in open(f"/proc/{p.pid}/status"):
+                    if line.startswith("VmRSS:"):
+                        largest = max(largest, int(line.split()[1]) * 1024)
+            except OSError:
+                continue
+        return largest
+
     def close(self, kill: bool = False) -> None:
         for p, q in zip(self.procs, self.tasks):
             if not kill and p.is_alive():
@@ -99,6 +114,7 @@ class _Pool:
 
 _POOLS: dict[int, _Pool] = {}  # most recently used last
 MAX_POOLS = 2  # each rank holds ~1 GB (torch + megatron-core); two pytest workers share the machine
+MAX_RANK_RSS = 2 * 2**30  # a pool whose ranks grew past this (allocator high-water marks) is replaced
 
 
 @atexit.register
@@ -134,4 +150,6 @@ def run_ranks(world_size: int, fn, *args, timeout: float = 300.0) -> list:
         pool.close(kill=True)
         del _POOLS[world_size]
         raise RuntimeError("\n".join(errors))
+    if pool.largest_rss() > MAX_RANK_RSS:
+        _POOLS.pop(world_size).close()
     return [collected[r] for r in range(world_size)]
