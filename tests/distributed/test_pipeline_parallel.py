@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.distributed.launcher import run_ranks
-from tests.distributed.scenarios import one_step, one_step_te_reference
+from tests.distributed.scenarios import one_step
 
 SMALL = ["model.vocab_size=512", "data.synthetic_vocab=64", "data.seq_length=32", "optimizer.warmup_iters=0",
          "optimizer.lr=1e-4", "optimizer.min_lr=0", "model.num_layers=4"]
@@ -50,14 +50,3 @@ def test_pipeline_with_data_parallel_distributed_optimizer_matches_single_rank(r
     results = run_ranks(4, one_step, SMALL + ["parallel.pp=2", "parallel.distributed_optimizer=true"], init)
     for got in results:
         _assert_close(ref, got, grads=False)
-
-
-def test_pipeline_with_transformer_engine_context_parallel_matches_single_rank(tmp_path):
-    """The TE path (packed THD micro-batches of varying length: stages exchange shapes first) under
-    PP=2 x CP=2, with the reference THD attention standing in for TE's CUDA kernel. Full vocabulary:
-    THD padding tokens are the tokenizer's PAD id."""
-    full_vocab = [o for o in SMALL if not o.startswith("model.vocab_size")]
-    init = str(tmp_path / "init.pt")
-    (ref,) = run_ranks(1, one_step, full_vocab, None, init)
-    for got in run_ranks(4, one_step_te_reference, full_vocab + ["parallel.pp=2", "parallel.cp=2"], init):
-        _assert_close(ref, got)
