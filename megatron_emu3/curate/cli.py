@@ -16,7 +16,7 @@ from megatron_emu3.curate.rules import RulesError, load_rules
 from megatron_emu3.curate.runner import plan_job, run_job
 from megatron_emu3.curate.shards import ShardMismatchError
 from megatron_emu3.curate.worker import Settings
-from megatron_emu3.offline.plan import slurm_task
+from megatron_emu3.offline.plan import cli_task
 from megatron_emu3.preprocess.manifest import ManifestError
 
 log = logging.getLogger("curate")
@@ -83,13 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if problem := _check_packages(rules):
         return _fail(problem)
     try:
-        task_index, task_count = slurm_task()
+        task_index, task_count = cli_task(args.task_index, args.task_count)
     except ValueError as err:
         return _fail(str(err))
-    task_index = args.task_index if args.task_index is not None else task_index
-    task_count = args.task_count if args.task_count is not None else task_count
-    if not 0 <= task_index < task_count:
-        return _fail(f"--task-index {task_index} is outside [0, --task-count {task_count})")
     settings = Settings(output_prefix=str(args.output_prefix), shard_size=args.shard_size, threads=args.threads)
     try:
         job = plan_job(rules, settings, [str(p) for p in args.input], task_index, task_count)

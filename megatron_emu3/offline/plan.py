@@ -38,6 +38,17 @@ def cut_shards(manifests: list, shard_size: int) -> list[ShardSpec]:
     return shards
 
 
+def cli_task(task_index: int | None, task_count: int | None) -> tuple[int, int]:
+    """(task index, task count): the command line's --task-index/--task-count where given, else the
+    Slurm environment's; ValueError naming the flag when they do not make a task of the run."""
+    env_index, env_count = slurm_task()
+    index = env_index if task_index is None else task_index
+    count = env_count if task_count is None else task_count
+    if not 0 <= index < count:
+        raise ValueError(f"--task-index {index} is outside [0, --task-count {count})")
+    return index, count
+
+
 def slurm_task(env: dict | None = None) -> tuple[int, int]:
     """(task index, task count) from the Slurm environment; (0, 1) outside Slurm."""
     env = os.environ if env is None else env

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from megatron_emu3.preprocess import fit
 from megatron_emu3.preprocess.manifest import ManifestError
-from megatron_emu3.offline.plan import slurm_task
+from megatron_emu3.offline.plan import cli_task
 from megatron_emu3.preprocess.runner import plan_job, run_job, write_report
 from megatron_emu3.preprocess.shards import ShardMismatchError
 from megatron_emu3.preprocess.worker import Settings
@@ -95,13 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             return _fail(f"--devices {args.devices} asks for CUDA but torch sees no GPU")
     try:
-        task_index, task_count = slurm_task()
+        task_index, task_count = cli_task(args.task_index, args.task_count)
     except ValueError as err:
         return _fail(str(err))
-    task_index = args.task_index if args.task_index is not None else task_index
-    task_count = args.task_count if args.task_count is not None else task_count
-    if not 0 <= task_index < task_count:
-        return _fail(f"--task-index {task_index} is outside [0, --task-count {task_count})")
     settings = Settings(
         output_prefix=str(args.output_prefix), vq_dir=str(Path(args.vq_dir).resolve()) if args.vq_dir else None,
         tokenizer_dir=args.tokenizer_dir, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
