@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
             group = "slurm" if item.get_closest_marker("slurm") is not None else item.nodeid.split("::")[0]
             item.add_marker(pytest.mark.xdist_group(group))
     yield
-    if config.getvalue("loadgroup") and items and "@" not in items[0].nodeid:
+    if config.getoption("loadgroup", default=False) and items and "@" not in items[0].nodeid:
         # pytest-xdist tags each node id with its group; without the tag, groups are silently spread
         # over workers and two Slurm tests queue behind each other's whole-node jobs.
         raise pytest.UsageError("pytest-xdist did not apply the test groups (pytest and pytest-xdist versions "

@@ -8,6 +8,7 @@ Slurm or lint tool fails instead of skipping. EMU3_REQUIRE_SLURM=0 always allows
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -21,7 +22,10 @@ START = REPO / "launch" / "local_slurm" / "start.sh"
 def slurm():
     """A one-node local Slurm that accepts jobs."""
     try:
-        proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=300)
+        # The daemons outlive every test: without the test's name in their environment, the orphan
+        # reaper of tests/conftest.py does not take them for leftovers of the test that started them.
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+        proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=300, env=env)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{START} did not finish in 300 s")
     if proc.returncode == 3:
