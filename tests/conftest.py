@@ -9,8 +9,14 @@ import os
 import signal
 from pathlib import Path
 
-import pytest
-import torch
+# One thread per process: two workers on two cores, each with its own ranks and subprocesses (which
+# inherit this); more threads only make OpenMP spin against the other worker. Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.hookimpl(wrapper=True)  # a wrapper runs before pytest-xdist's own hook reads the groups

@@ -42,7 +42,12 @@ def _run(module: str, ranks: int, *args: str, timeout: float = 400) -> str:
     return out
 
 
-LAYOUT_ARGS = ["--config", TINY, "train.iters=3", "checkpoint.save_at_end=false", "optimizer.warmup_iters=1"]
+# A vocabulary that needs padding (1,100 rows -> 2,048 at every TP size): the same padding, initialisation
+# and logit masking as the full 184,622 (pinned in tests/unit/test_config.py), at a CPU cost the full
+# vocabulary's 95M logits per step would multiply by thirty. Under the old 128 x TP rule, TP=1 padded
+# it to 1,152 rows and TP=2 to 1,280, which this test caught.
+LAYOUT_ARGS = ["--config", TINY, "train.iters=3", "checkpoint.save_at_end=false", "optimizer.warmup_iters=1",
+               "model.vocab_size=1100"]
 
 
 @pytest.mark.parametrize("ranks,layout_args", [
@@ -53,8 +58,8 @@ LAYOUT_ARGS = ["--config", TINY, "train.iters=3", "checkpoint.save_at_end=false"
     (2, ["parallel.pp=2"]),
 ], ids=["tp2", "cp2", "dp2", "tp2xcp2", "pp2"])
 def test_layout_logs_the_same_losses_as_one_rank(tmp_path_factory, ranks, layout_args):
-    """The tiny recipe (full 184,622-token vocabulary) gives one rank's losses under any layout: the
-    padded vocabulary and the initial weights no longer depend on TP, and padded logits are masked."""
+    """The tiny recipe gives one rank's losses under any layout: the padded vocabulary and the initial
+    weights do not depend on TP, and padded logits are masked."""
     reference = tmp_path_factory.getbasetemp() / "one_rank"
     if not (reference / "COMPLETE").exists():
         _run("megatron_emu3.train", 1, *LAYOUT_ARGS, f"run_dir={reference}")
