@@ -74,7 +74,7 @@ start_munge() {
 write_config() {
     local host cpus mem_mb
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys these: OMP_NUM_THREADS=1 would give 1
     mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
     mem_mb=$((mem_mb > MEM_RESERVE_MB * 2 ? mem_mb - MEM_RESERVE_MB : mem_mb / 2))
     if [[ -f $SLURM_CONF ]] && ! grep -qF "$MARKER" "$SLURM_CONF"; then

@@ -41,9 +41,10 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {low}..{low + 2_500}")
 
 
-def _worker(rank: int, world_size: int, tasks, results) -> None:
+def _worker(rank: int, world_size: int, tasks, results, env: dict[str, str]) -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the pytest worker
-    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      **env)  # before a task's unpickling imports megatron-core
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)  # torch is already imported here: the env var alone comes too late
     while True:
@@ -76,12 +77,12 @@ def _reset_distributed() -> None:
 
 
 class _Pool:
-    def __init__(self, world_size: int):
+    def __init__(self, world_size: int, env: dict[str, str]):
         ctx = mp.get_context("spawn")
         self.world_size = world_size
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(world_size)]
-        self.procs = [ctx.Process(target=_worker, args=(r, world_size, self.tasks[r], self.results))
+        self.procs = [ctx.Process(target=_worker, args=(r, world_size, self.tasks[r], self.results, env))
                       for r in range(world_size)]
         for p in self.procs:
             p.start()
@@ -112,7 +113,7 @@ class _Pool:
                 p.join()
 
 
-_POOLS: dict[int, _Pool] = {}  # most recently used last
+_POOLS: dict[tuple, _Pool] = {}  # by (world size, environment); most recently used last
 MAX_POOLS = 2  # each rank holds ~1 GB (torch + megatron-core); two pytest workers share the machine
 MAX_RANK_RSS = 2 * 2**30  # a pool whose ranks grew past this (allocator high-water marks) is replaced
 
@@ -124,14 +125,16 @@ def _close_pools() -> None:
     _POOLS.clear()
 
 
-def run_ranks(world_size: int, fn, *args, timeout: float = 300.0) -> list:
-    """Call `fn(*args)` on `world_size` ranks; returns the results ordered by rank."""
-    pool = _POOLS.pop(world_size, None)
+def run_ranks(world_size: int, fn, *args, timeout: float = 300.0, env: dict[str, str] | None = None) -> list:
+    """Call `fn(*args)` on `world_size` ranks; returns the results ordered by rank. `env`: variables
+    the ranks need before megatron-core is imported (a pool of their own)."""
+    key = (world_size, tuple(sorted((env or {}).items())))
+    pool = _POOLS.pop(key, None)
     if pool is None or not pool.alive():
         while len(_POOLS) >= MAX_POOLS:
             _POOLS.pop(next(iter(_POOLS))).close()
-        pool = _Pool(world_size)
-    _POOLS[world_size] = pool
+        pool = _Pool(world_size, dict(env or {}))
+    _POOLS[key] = pool
     port = free_port()
     for q in pool.tasks:
         q.put((port, fn, args))
@@ -148,8 +151,8 @@ def run_ranks(world_size: int, fn, *args, timeout: float = 300.0) -> list:
         errors.append(f"timed out after {timeout:.0f}s waiting for ranks {sorted(set(range(world_size)) - set(collected))}")
     if errors:
         pool.close(kill=True)
-        del _POOLS[world_size]
+        del _POOLS[key]
         raise RuntimeError("\n".join(errors))
     if pool.largest_rss() > MAX_RANK_RSS:
-        _POOLS.pop(world_size).close()
+        _POOLS.pop(key).close()
     return [collected[r] for r in range(world_size)]

@@ -35,7 +35,10 @@ def one_step(overrides: list[str], init_path: str | None, save_init_to: str | No
     grads = gather_full_state(run.chunks, grads=True) if not cfg.parallel.distributed_optimizer else None
     params = gather_full_state(run.chunks)
     destroy_distributed()
-    return {"loss": result["loss"], "grads": grads, "params": params}
+    from megatron.core import jit
+
+    fuser = "compile" if jit.jit_fuser is torch.compile else "none"  # see megatron_emu3/mcore_jit.py
+    return {"loss": result["loss"], "grads": grads, "params": params, "jit_fuser": fuser}
 
 
 def _full_logits(run, seq_len: int) -> torch.Tensor:

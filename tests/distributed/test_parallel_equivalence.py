@@ -69,10 +69,12 @@ def test_activation_recomputation_changes_nothing(reference, mode):
 
 def test_fused_kernels_change_nothing(reference):
     """The torch.compile'd SwiGLU and bias-dropout-add fusions that GPU runs use by default
-    (train.fused_kernels=auto), run here on CPU under TP=2 + SP: same loss, gradients, update."""
+    (train.fused_kernels=auto), run here on CPU under TP=2 + SP: same loss, gradients, update. Compiled
+    as on a GPU: without the variable, a CPU process leaves them uncompiled (megatron_emu3/mcore_jit.py)."""
     init, ref = reference
     results = run_ranks(2, one_step, SMALL + ["train.fused_kernels=fused", "parallel.tp=2", "parallel.sequence_parallel=true"],
-                        init, timeout=500)
+                        init, timeout=500, env={"EMU3_COMPILE_FUSIONS_ON_CPU": "1"})
+    assert all(r["jit_fuser"] == "compile" for r in results), [r["jit_fuser"] for r in results]
     _assert_close(ref, results[0])
 
 
