@@ -16,7 +16,7 @@ from megatron_emu3.checkpoint import layout
 from tests.distributed.runs import records, wait_for_step
 
 REPO = Path(__file__).resolve().parents[2]
-ITERS = 60
+ITERS = 30  # checkpoints at 10, 20, 30; the kill after step 12 leaves 18 steps (~2 s) to spare
 ARGS = ["--config", str(REPO / "examples/recipes/tiny.yaml"), f"train.iters={ITERS}", "checkpoint.interval=10",
         "model.hidden_dropout=0.1", "model.attention_dropout=0.1", "data.seq_length=128", "model.vocab_size=512",
         "optimizer.warmup_iters=2"]
