@@ -25,14 +25,22 @@ def under_torchrun(environ=os.environ) -> bool:
 
 def exit_with_launcher(environ=os.environ) -> bool:
     """Arrange for this process to be killed when its launcher (torchrun) dies; True when armed."""
-    if not under_torchrun(environ) or not sys.platform.startswith("linux"):
+    if not under_torchrun(environ):
+        return False
+    return die_with_parent()
+
+
+def die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux); True when armed. Also
+    used by the tests' rank pools, whose ranks must not outlive their pytest worker."""
+    if not sys.platform.startswith("linux"):
         return False
     parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        logger.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this rank will outlive a killed launcher",
+        logger.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this process will outlive its parent",
                        ctypes.get_errno())
         return False
-    if os.getppid() != parent or parent == 1:  # the launcher died before the request took effect
+    if os.getppid() != parent or parent == 1:  # the parent died before the request took effect
         os.kill(os.getpid(), signal.SIGKILL)
     return True

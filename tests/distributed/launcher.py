@@ -11,17 +11,17 @@ a hung collective must fail the test, not the suite.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import io
 import os
 import queue
 import random
-import signal
 import socket
 import traceback
 
 import torch
 import torch.multiprocessing as mp
+
+from megatron_emu3.parallel.launcher import die_with_parent
 
 
 def free_port() -> int:
@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, tasks, results, env: dict[str, str]) -> None:
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the pytest worker
+    die_with_parent()  # the pytest worker
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       **env)  # before a task's unpickling imports megatron-core
     os.environ.setdefault("OMP_NUM_THREADS", "1")
