@@ -35,10 +35,12 @@ def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 6
     else:
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
-        # A lone process (tools, single-rank runs) needs no rendezvous: an in-memory store, no port
-        # to collide with a job (or another lone process) on this host.
-        rendezvous = {"store": dist.HashStore()} if env.world_size == 1 else {}
-        if env.world_size > 1:
+        if env.world_size == 1:
+            # A lone process (tools, single-rank runs) needs no rendezvous: an in-memory store, no
+            # port to collide with a job (or another lone process) on this host.
+            rendezvous = {"store": dist.HashStore()}
+        else:
+            rendezvous = {}
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", "29500")
         dist.init_process_group(
