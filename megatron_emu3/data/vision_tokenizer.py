@@ -135,11 +135,10 @@ def quantize(model, latents: torch.Tensor, max_elements: int = QUANTIZE_CHUNK_EL
     if per_frame * b * t <= max_elements:
         return model.quantize(latents)
     out = torch.empty(b * t, h, w, dtype=torch.long, device=latents.device)
-    step = max(1, max_elements // per_frame)
     if per_frame <= max_elements:
+        step = max_elements // per_frame
         for i in range(0, b * t, step):
-            chunk = frames[i:i + step].reshape(-1, 1, c, h, w)
-            out[i:i + step] = model.quantize(chunk).reshape(-1, h, w)
+            out[i:i + step] = model.quantize(frames[i:i + step]).reshape(-1, h, w)
     else:
         rows = max(1, max_elements // (w * codes_in_book))
         for i in range(b * t):
