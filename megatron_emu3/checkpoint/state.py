@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import random
 import shutil
 import time
@@ -199,8 +200,23 @@ def vocab_facts(cfg) -> dict:
             "first_vision_code": tokens.FIRST_VISION_CODE, "num_vision_codes": tokens.NUM_VISION_CODES}
 
 
+def _forked_write_results_queue() -> None:
+    """Give megatron-core's checkpoint writers a results queue served by a forked process.
+
+    On a process's first save, megatron-core (0.16) starts a multiprocessing Manager for its writers'
+    results with the *spawn* method: a fresh interpreter that imports torch and
+    torch.distributed.checkpoint again to unpickle those results, about 2 s of CPU that the first save
+    waits for. A forked manager serves the same queue with what this process has imported already.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", False) is None:  # only where 0.16's lazy global exists
+        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+
+
 def _prepare(ckpt_dir: str | Path, step: int) -> Path:
     """Rank 0 makes an empty ``iter_<step>.partial``; every rank waits for it."""
+    _forked_write_results_queue()
     partial = layout.partial_dir(ckpt_dir, step)
     if dist.get_rank() == 0:
         if partial.exists():

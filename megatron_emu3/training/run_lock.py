@@ -1,9 +1,12 @@
 """One run per run directory: rank 0 holds ``RUN_DIR/.run.lock`` for the life of the run.
 
-The lock is an `flock` on the file, so it goes away with the process that held it, however that
-process died: a stale file left by a dead run never blocks. The file's content names the holder
-(host, pid, Slurm job, start time) for the message that refuses a second launch into a live run's
-directory. On a filesystem without `flock` support the run goes on with a warning.
+The lock is a POSIX record lock (`fcntl.lockf`) on the file, so it goes away with the process that
+held it, however that process died: a stale file left by a dead run never blocks. Not `flock`: a
+`flock` belongs to the open file, which every forked child shares, so megatron-core's forked
+checkpoint writers, orphaned by a SIGKILLed rank 0, would keep a dead run's directory locked. A record
+lock belongs to the process alone. The file's content names the holder (host, pid, Slurm job, start
+time) for the message that refuses a second launch into a live run's directory. On a filesystem
+without lock support the run goes on with a warning.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 os.close(fd)
@@ -67,8 +70,7 @@ class RunLock:
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            os.close(self._fd)  # closing releases the record lock
             self._fd = None
 
 

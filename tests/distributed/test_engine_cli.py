@@ -143,6 +143,10 @@ def test_launcher_sigkill_takes_its_ranks_and_a_live_run_dir_is_refused(tmp_path
 
     proc = _launch("megatron_emu3.train", 2, *args(400))
     wait_for_step(run_dir, 2, proc)
+    deadline = time.time() + 120  # the checkpoint of step 2 is published a moment after the step is logged
+    while layout.find_latest(run_dir / "checkpoints") is None:
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint published"
+        time.sleep(0.05)
     ranks = _children(proc.pid)  # torchrun's workers
     assert len(ranks) == 2, ranks
 

@@ -18,7 +18,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 def test_signal_saves_requeues_and_resumes(slurm, cleanup_jobs, tmp_path):
     """Under pipeline parallelism (2 stages), which the launch scripts take like any other dimension."""
     run_dir = tmp_path / "preempt"
-    iters = 150  # long enough (5-20 s on 2 busy cores) that the signal lands mid-run; the resumed attempt runs the rest
+    # The signal goes out after step 3; 77 steps more (8-30 s on 2 cores) leave it time to land mid-run, which the
+    # test asserts. The resumed attempt runs the rest.
+    iters = 80
     (job,) = run_script("submit.sh", str(TINY), "--run-dir", str(run_dir), "--name", "emu3-preempt", *CPU_SHAPE,
                         "--", *FAST, f"train.iters={iters}", "parallel.pp=2", env=job_env())
 
