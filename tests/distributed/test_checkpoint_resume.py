@@ -45,10 +45,15 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("full") / "run"
     _train(run_dir)
-    return _losses(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+    return _losses(uninterrupted_run)
 
 
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, uninterrupted):
@@ -82,13 +87,14 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, uninterrupted):
     assert not partial.exists()
 
 
-def test_relaunching_a_finished_run_trains_nothing(tmp_path):
-    run_dir = tmp_path / "run"
-    _train(run_dir, "train.iters=2", "data.seq_length=32", "optimizer.warmup_iters=1")
-    lines_before = (run_dir / "metrics.jsonl").read_text()
-    out = _train(run_dir, "train.iters=2", "data.seq_length=32", "optimizer.warmup_iters=1")
-    assert "at step 2" in out
-    assert (run_dir / "metrics.jsonl").read_text() == lines_before
+def test_relaunching_a_finished_run_trains_nothing(uninterrupted_run, uninterrupted):
+    lines_before = (uninterrupted_run / "metrics.jsonl").read_text()
+    checkpoints_before = sorted(p.name for p in (uninterrupted_run / "checkpoints").iterdir())
+    out = _train(uninterrupted_run)
+    assert f"at step {ITERS}" in out
+    assert (uninterrupted_run / "metrics.jsonl").read_text() == lines_before
+    assert sorted(p.name for p in (uninterrupted_run / "checkpoints").iterdir()) == checkpoints_before
+    assert _losses(uninterrupted_run) == uninterrupted  # what the other tests compare against is unchanged
 
 
 def test_async_saves_resume_like_sync_saves(tmp_path, uninterrupted):
