@@ -150,11 +150,18 @@ def test_launcher_sigkill_takes_its_ranks_and_a_live_run_dir_is_refused(tmp_path
     ranks = _children(proc.pid)  # torchrun's workers
     assert len(ranks) == 2, ranks
 
+    # The ranks hold still (alive, the lock held) while the second launch starts up, so that the run
+    # is a few steps in when killed and the relaunch and the comparison run stay short.
+    for rank in ranks:
+        os.kill(rank, signal.SIGSTOP)
     second = _launch("megatron_emu3.train", 1, *args(400), "parallel.pp=1")  # any launch into the directory
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 2, out[-3000:]
     assert f"run directory {run_dir} is in use by a live run" in out
     assert any(f"pid {rank}," in out for rank in ranks) and "host " in out, out[-2000:]
+    for rank in ranks:
+        os.kill(rank, signal.SIGCONT)
+    time.sleep(0.5)  # back to training
 
     os.kill(proc.pid, signal.SIGKILL)  # the launcher alone
     proc.wait(timeout=30)
