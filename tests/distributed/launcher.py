@@ -1,7 +1,8 @@
 """Run a function on N real gloo ranks and collect each rank's return value.
 
-The ranks are spawned processes kept alive between calls (one pool per world size): importing torch
-and megatron-core costs seconds per process on a small machine, and most scenarios are short. Every
+The ranks are spawned processes kept alive between calls (one pool per world size and environment,
+up to 7 ranks in all while memory allows): importing torch and megatron-core costs seconds per
+process on a small machine, and most scenarios are short. Every
 call gets a fresh rendezvous port and a fresh process group; a scenario must leave no global state
 behind (`destroy_distributed` is called for it when it forgets). A failed or timed-out call kills its
 pool (a rank may be stuck in a collective); the next call spawns a new one. Every call has a timeout:
@@ -114,8 +115,29 @@ class _Pool:
 
 
 _POOLS: dict[tuple, _Pool] = {}  # by (world size, environment); most recently used last
-MAX_POOLS = 2  # each rank holds ~1 GB (torch + megatron-core); two pytest workers share the machine
+# Starting a pool costs seconds per rank (imports, megatron-core's first build), ten times a short
+# scenario: pools of 1, 2 and 4 ranks stay side by side. Each rank holds ~1 GB and two pytest workers
+# share the machine, so the least recently used pools are closed first when memory runs short.
+MAX_POOLED_RANKS = 7
+MIN_AVAILABLE = 4 * 2**30  # bytes of MemAvailable to keep before starting another pool
 MAX_RANK_RSS = 2 * 2**30  # a pool whose ranks grew past this (allocator high-water marks) is replaced
+
+
+def _available_memory() -> int:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return MIN_AVAILABLE  # unknown: rely on the rank count alone
+
+
+def _make_room(world_size: int) -> None:
+    """Close the least recently used pools until a new one of `world_size` ranks fits."""
+    while _POOLS and (sum(p.world_size for p in _POOLS.values()) + world_size > MAX_POOLED_RANKS
+                      or _available_memory() < MIN_AVAILABLE):
+        _POOLS.pop(next(iter(_POOLS))).close()
 
 
 @atexit.register
@@ -131,8 +153,9 @@ def run_ranks(world_size: int, fn, *args, timeout: float = 300.0, env: dict[str,
     key = (world_size, tuple(sorted((env or {}).items())))
     pool = _POOLS.pop(key, None)
     if pool is None or not pool.alive():
-        while len(_POOLS) >= MAX_POOLS:
-            _POOLS.pop(next(iter(_POOLS))).close()
+        if pool is not None:
+            pool.close(kill=True)
+        _make_room(world_size)
         pool = _Pool(world_size, dict(env or {}))
     _POOLS[key] = pool
     port = free_port()
@@ -155,4 +178,6 @@ def run_ranks(world_size: int, fn, *args, timeout: float = 300.0, env: dict[str,
         raise RuntimeError("\n".join(errors))
     if pool.largest_rss() > MAX_RANK_RSS:
         _POOLS.pop(key).close()
+    while len(_POOLS) > 1 and _available_memory() < MIN_AVAILABLE:  # idle pools go first
+        _POOLS.pop(next(iter(_POOLS))).close()
     return [collected[r] for r in range(world_size)]
