@@ -119,7 +119,7 @@ _POOLS: dict[tuple, _Pool] = {}  # by (world size, environment); most recently u
 # scenario: pools of 1, 2 and 4 ranks stay side by side. Each rank holds ~1 GB and two pytest workers
 # share the machine, so the least recently used pools are closed first when memory runs short.
 MAX_POOLED_RANKS = 7
-MIN_AVAILABLE = 4 * 2**30  # bytes of MemAvailable to keep before starting another pool
+MIN_AVAILABLE = 6 * 2**30  # bytes of MemAvailable to keep: below it, idle pools are closed
 MAX_RANK_RSS = 2 * 2**30  # a pool whose ranks grew past this (allocator high-water marks) is replaced
 
 
@@ -137,6 +137,12 @@ def _make_room(world_size: int) -> None:
     """Close the least recently used pools until a new one of `world_size` ranks fits."""
     while _POOLS and (sum(p.world_size for p in _POOLS.values()) + world_size > MAX_POOLED_RANKS
                       or _available_memory() < MIN_AVAILABLE):
+        _POOLS.pop(next(iter(_POOLS))).close()
+
+
+def close_idle_pools_if_memory_is_short() -> None:
+    """Between tests: close pools, least recently used first, while memory is below MIN_AVAILABLE."""
+    while _POOLS and _available_memory() < MIN_AVAILABLE:
         _POOLS.pop(next(iter(_POOLS))).close()
 
 
