@@ -12,13 +12,6 @@ from pathlib import Path
 # One thread per process: two workers on two cores, each with its own ranks and subprocesses (which
 # inherit this); more threads only make OpenMP spin against the other worker. Set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# glibc serves blocks above its mmap threshold (at most 32 MB) with a fresh mmap and unmaps them on
-# free, so every full-vocabulary logits tensor (~190 MB at 2 x 128 tokens) is new pages that the kernel
-# faults in and zeroes, step after step: a third of the suite's CPU time was system time. From the
-# heap, freed blocks are reused (a full-vocabulary tiny step: 2.2 s -> 1.3 s; ranks hold ~40% more).
-# Read when a process starts: the pytest workers, their ranks and every command a test runs get it.
-os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * 2**30))
-os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 * 2**20))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
