@@ -133,16 +133,17 @@ def _available_memory() -> int:
     return MIN_AVAILABLE  # unknown: rely on the rank count alone
 
 
-def _make_room(world_size: int) -> None:
-    """Close the least recently used pools until a new one of `world_size` ranks fits."""
-    while _POOLS and (sum(p.world_size for p in _POOLS.values()) + world_size > MAX_POOLED_RANKS
-                      or _available_memory() < MIN_AVAILABLE):
+def close_idle_pools_if_memory_is_short() -> None:
+    """Close pools, least recently used first, while memory is below MIN_AVAILABLE (before a new pool
+    starts, and between tests: tests/conftest.py)."""
+    while _POOLS and _available_memory() < MIN_AVAILABLE:
         _POOLS.pop(next(iter(_POOLS))).close()
 
 
-def close_idle_pools_if_memory_is_short() -> None:
-    """Between tests: close pools, least recently used first, while memory is below MIN_AVAILABLE."""
-    while _POOLS and _available_memory() < MIN_AVAILABLE:
+def _make_room(world_size: int) -> None:
+    """Close the least recently used pools until a new one of `world_size` ranks fits."""
+    close_idle_pools_if_memory_is_short()
+    while _POOLS and sum(p.world_size for p in _POOLS.values()) + world_size > MAX_POOLED_RANKS:
         _POOLS.pop(next(iter(_POOLS))).close()
 
 
@@ -184,6 +185,4 @@ def run_ranks(world_size: int, fn, *args, timeout: float = 300.0, env: dict[str,
         raise RuntimeError("\n".join(errors))
     if pool.largest_rss() > MAX_RANK_RSS:
         _POOLS.pop(key).close()
-    while len(_POOLS) > 1 and _available_memory() < MIN_AVAILABLE:  # idle pools go first
-        _POOLS.pop(next(iter(_POOLS))).close()
     return [collected[r] for r in range(world_size)]

@@ -1,4 +1,5 @@
-"""Helpers for tests that run the training entry points as processes: read metrics, wait for a step."""
+"""Helpers for tests that run the training entry points as processes: read metrics, wait for a step
+or a checkpoint."""
 
 from __future__ import annotations
 
@@ -24,3 +25,16 @@ def wait_for_step(run_dir: Path, step: int, proc, timeout: float = 300) -> None:
         time.sleep(0.02)
     proc.kill()
     raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def wait_for_checkpoint(run_dir: Path, proc, timeout: float = 120) -> Path:
+    """Block until a checkpoint of `run_dir` is published (a moment after its step is logged)."""
+    from megatron_emu3.checkpoint import layout
+
+    deadline = time.time() + timeout
+    while (found := layout.find_latest(Path(run_dir) / "checkpoints")) is None:
+        if proc.poll() is not None:
+            raise AssertionError(f"run exited before a checkpoint was published:\n{proc.stdout.read()[-3000:]}")
+        assert time.time() < deadline, f"no checkpoint published in {timeout}s"
+        time.sleep(0.05)
+    return found

@@ -15,7 +15,7 @@ import pytest
 
 from megatron_emu3.checkpoint import layout
 from tests.distributed.launcher import free_port
-from tests.distributed.runs import records, wait_for_step
+from tests.distributed.runs import records, wait_for_checkpoint, wait_for_step
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "examples/recipes/tiny.yaml")
@@ -143,10 +143,7 @@ def test_launcher_sigkill_takes_its_ranks_and_a_live_run_dir_is_refused(tmp_path
 
     proc = _launch("megatron_emu3.train", 2, *args(400))
     wait_for_step(run_dir, 2, proc)
-    deadline = time.time() + 120  # the checkpoint of step 2 is published a moment after the step is logged
-    while layout.find_latest(run_dir / "checkpoints") is None:
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint published"
-        time.sleep(0.05)
+    wait_for_checkpoint(run_dir, proc)
     ranks = _children(proc.pid)  # torchrun's workers
     assert len(ranks) == 2, ranks
 
