@@ -67,9 +67,26 @@ def init_distributed(cfg: Config, env: DistEnv | None = None, timeout_s: int = 6
 
 
 def destroy_distributed() -> None:
-    """Tear down megatron-core state and the process group (tests reuse processes)."""
+    """Tear down megatron-core state and every process group, so that a process can initialise again
+    (tests reuse processes) without the old groups' threads living on.
+
+    A gloo group lives as long as a Python reference to it, and its threads with it: one transport
+    loop and two runners per group, which poll sockets whose peers are gone. megatron-core 0.16 keeps
+    two kinds of references that `destroy_model_parallel` leaves: the intra-partial data-parallel
+    groups in `parallel_state`, and the `lru_cache` on `RotaryEmbedding.forward`, whose keys hold
+    the rotary module (and with it the context-parallel group). Unreleased, every test in a reused
+    rank left ~50 threads behind, and the idle ranks of a test session burned a core between them.
+    """
+    import gc
+
     from megatron.core import parallel_state
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 
     parallel_state.destroy_model_parallel()
+    for name, value in list(vars(parallel_state).items()):
+        if name.isupper() and isinstance(value, dist.ProcessGroup):  # left by destroy_model_parallel
+            setattr(parallel_state, name, None)
+    RotaryEmbedding.forward.cache_clear()
     if dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()  # groups held only by reference cycles (models, optimizers) go now, not at some later collection

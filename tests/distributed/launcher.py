@@ -4,7 +4,8 @@ The ranks are spawned processes kept alive between calls (one pool per world siz
 up to 7 ranks in all while memory allows): importing torch and megatron-core costs seconds per
 process on a small machine, and most scenarios are short. Every
 call gets a fresh rendezvous port and a fresh process group; a scenario must leave no global state
-behind (`destroy_distributed` is called for it when it forgets). A failed or timed-out call kills its
+behind (`destroy_distributed` is called for it when it forgets; a process group that outlives the
+task, with its polling threads, fails the call). A failed or timed-out call kills its
 pool (a rank may be stuck in a collective); the next call spawns a new one. Every call has a timeout:
 a hung collective must fail the test, not the suite.
 """
@@ -57,24 +58,38 @@ def _worker(rank: int, world_size: int, tasks, results, env: dict[str, str]) -> 
         try:
             buffer = io.BytesIO()  # tensors through a Queue share fds that die with the child: send bytes
             torch.save(fn(*args), buffer)
-            results.put((rank, "ok", buffer.getvalue()))
+            status, value = "ok", buffer.getvalue()
         except BaseException:  # report everything to the parent, which raises
-            results.put((rank, "error", traceback.format_exc()))
-        finally:
-            _reset_distributed()
+            status, value = "error", traceback.format_exc()
+        _reset_distributed()
+        if status == "ok" and (leaked := _gloo_threads()):
+            status, value = "error", (f"{leaked} gloo threads outlived the process groups of {fn.__name__}: "
+                                      "something still references a group (see parallel/setup.py destroy_distributed)")
+        results.put((rank, status, value))
+
+
+def _gloo_threads() -> int:
+    """Threads of this process that belong to a gloo process group (transport loops, runners)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                count += "gloo" in f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+    return count
 
 
 def _reset_distributed() -> None:
-    import torch.distributed as dist
+    from megatron_emu3.parallel.setup import destroy_distributed
 
     try:
-        from megatron.core import parallel_state
-
-        parallel_state.destroy_model_parallel()
+        destroy_distributed()
     except Exception:  # noqa: BLE001 - best effort: the next task initialises afresh
-        pass
-    if dist.is_initialized():
-        dist.destroy_process_group()
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 class _Pool:
