@@ -31,10 +31,11 @@ demo: install
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash examples/demo.sh
 
 # Two pytest-xdist workers: each test file stays on one worker, the Slurm tests share one (tests/conftest.py).
+# malloc backs large blocks with transparent huge pages (far fewer page faults; see tests/conftest.py).
 TEST_WORKERS ?= 2
 
 test: install-dev
-	@set +e; $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart=0 $(PYTEST_ARGS); rc=$$?; \
+	@set +e; GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart=0 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 clean-demo:
