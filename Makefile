@@ -30,9 +30,11 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash examples/demo.sh
 
-# Two pytest-xdist workers: each test file stays on one worker, the Slurm tests share one (tests/conftest.py).
+# Three pytest-xdist workers on two cores: many tests wait (on Slurm, on a subprocess's step), and a third
+# worker fills those waits (2 workers: 146% CPU, 3: 151-160%). Each test file stays on one worker, the Slurm
+# tests share one, the longest groups start first (tests/conftest.py).
 # malloc backs large blocks with transparent huge pages (far fewer page faults; see tests/conftest.py).
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 test: install-dev
 	@set +e; GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart=0 $(PYTEST_ARGS); rc=$$?; \

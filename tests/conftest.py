@@ -1,16 +1,16 @@
 """Shared pytest setup: the GPU skip, and how tests are spread over workers.
 
-`make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). Every test file stays on
-one worker (its module fixtures are built once), and every test that talks to the local Slurm runs
-on the same worker (one daemon, one queue).
+`make test` runs the suite on three pytest-xdist workers (`--dist loadgroup`). Every test file stays on
+one worker (its module fixtures are built once), every test that talks to the local Slurm runs on the
+same worker (one daemon, one queue), and the longest groups are handed out first.
 """
 
 import os
 import signal
 from pathlib import Path
 
-# One thread per process: two workers on two cores, each with its own ranks and subprocesses (which
-# inherit this); more threads only make OpenMP spin against the other worker. Set before torch loads.
+# One thread per process: three workers on two cores, each with its own ranks and subprocesses (which
+# inherit this); more threads only make OpenMP spin against the other workers. Set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Transparent huge pages for malloc's large blocks (glibc >= 2.35; older ones ignore the tunable), in
 # every process the tests start: a full-vocabulary step allocates and frees logits of ~100 MB, each
@@ -25,12 +25,33 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+# The longest test groups, longest first (seconds on this 2-core machine, from `--durations=0`): they
+# start first, so that no worker is left running one of them alone at the end. The Slurm group mostly
+# waits on the scheduler. The other groups follow in file order. Only the order depends on this list.
+LONGEST_GROUPS = {
+    "slurm": 201,
+    "tests/vq/test_vq_train.py": 119,
+    "tests/distributed/test_engine_cli.py": 112,
+    "tests/bench/test_bench_scripts.py": 106,
+    "tests/distributed/test_convert_cli.py": 99,
+    "tests/distributed/test_context_parallel.py": 89,
+    "tests/distributed/test_checkpoint_resume.py": 66,
+    "tests/distributed/test_checkpoint_reshard.py": 54,
+    "tests/preprocess/test_preprocess_tool.py": 52,
+}
+
+
+def _group_of(item) -> str:
+    return "slurm" if item.get_closest_marker("slurm") is not None else item.nodeid.split("::")[0]
+
+
 @pytest.hookimpl(wrapper=True)  # a wrapper runs before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
-            group = "slurm" if item.get_closest_marker("slurm") is not None else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
+            item.add_marker(pytest.mark.xdist_group(_group_of(item)))
+    # pytest-xdist hands out groups in this order (pyproject.toml: --no-loadscope-reorder)
+    items.sort(key=lambda item: -LONGEST_GROUPS.get(_group_of(item), 0))
     yield
     if config.getoption("loadgroup", default=False) and items and "@" not in items[0].nodeid:
         # pytest-xdist tags each node id with its group; without the tag, groups are silently spread

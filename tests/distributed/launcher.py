@@ -131,7 +131,7 @@ class _Pool:
 
 _POOLS: dict[tuple, _Pool] = {}  # by (world size, environment); most recently used last
 # Starting a pool costs seconds per rank (imports, megatron-core's first build), ten times a short
-# scenario: pools of 1, 2 and 4 ranks stay side by side. Each rank holds ~1 GB and two pytest workers
+# scenario: pools of 1, 2 and 4 ranks stay side by side. Each rank holds ~1 GB and the pytest workers
 # share the machine, so the least recently used pools are closed first when memory runs short.
 MAX_POOLED_RANKS = 7
 MIN_AVAILABLE = 6 * 2**30  # bytes of MemAvailable to keep: below it, idle pools are closed
