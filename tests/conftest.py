@@ -41,6 +41,11 @@ LONGEST_GROUPS = {
 }
 
 
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: hand out the groups in collection order
+        config.option.loadscopereorder = False
+
+
 def _group_of(item) -> str:
     return "slurm" if item.get_closest_marker("slurm") is not None else item.nodeid.split("::")[0]
 
@@ -50,7 +55,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(_group_of(item)))
-    # pytest-xdist hands out groups in this order (pyproject.toml: --no-loadscope-reorder)
+    # pytest-xdist hands out groups in this order (pytest_configure)
     items.sort(key=lambda item: -LONGEST_GROUPS.get(_group_of(item), 0))
     yield
     if config.getoption("loadgroup", default=False) and items and "@" not in items[0].nodeid:

@@ -29,6 +29,13 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
     configure_logging(fmt="%(levelname)s %(name)s: %(message)s")
+    from megatron_emu3.checkpoint.layout import resolve_checkpoint_path
+
+    try:
+        resolve_checkpoint_path(args.checkpoint)  # a wrong path fails before seconds of importing torch
+    except FileNotFoundError as err:
+        print(f"convert_to_hf: {err}", file=sys.stderr)
+        return 2
 
     from megatron_emu3.convert.export import export_to_hf, load_checkpoint_model, report_verify, verify_export
 

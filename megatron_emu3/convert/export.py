@@ -48,12 +48,14 @@ def load_checkpoint_model(checkpoint: str | Path, overrides=()):
 def export_to_hf(checkpoint: str | Path, output: str | Path, vq_dir: str | Path | None = None,
                  dtype: str = "bf16", vocab_size: int | None = None, max_shard_bytes: int = 5 * 2**30) -> dict:
     """Write the Hugging Face directory; returns a summary (paths, class, parameter count)."""
-    cfg, gpt, path = load_checkpoint_model(checkpoint)
-    check_hf_representable(cfg.model)  # before anything is written
-    facts = json.loads((path / "vocab.json").read_text()) if (path / "vocab.json").is_file() else {}
+    path = resolve_checkpoint_path(checkpoint)
+    cfg = resolve_config(str(path / "config.yaml"), SINGLE_PROCESS)
+    check_hf_representable(cfg.model)  # these checks before the model is built and anything is written
     if vocab_size is not None and vocab_size != cfg.model.vocab_size:
         raise ValueError(f"--vocab-size {vocab_size} does not match the checkpoint's vocabulary "
                          f"{cfg.model.vocab_size} ({path}/config.yaml); leave it out to use the checkpoint's")
+    cfg, gpt, path = load_checkpoint_model(path)
+    facts = json.loads((path / "vocab.json").read_text()) if (path / "vocab.json").is_file() else {}
     full = {canonical_name(name): p.detach() for name, p in gpt.named_parameters()}
     prefix = CONDITIONAL_PREFIX if vq_dir else HF_TEXT_PREFIX
     state = {k: v.to(DTYPES[dtype]) for k, v in to_hf(full, cfg.model, prefix).items()}
