@@ -29,6 +29,13 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
     configure_logging(fmt="%(levelname)s %(name)s: %(message)s")
+    from megatron_emu3.convert.hf_config import check_emu3_directory
+
+    try:
+        check_emu3_directory(args.hf)  # a wrong directory fails before seconds of importing torch and transformers
+    except (FileNotFoundError, ValueError) as err:
+        print(f"convert_from_hf: {err}", file=sys.stderr)
+        return 2
 
     from megatron_emu3.convert.export import load_hf_model, max_logit_difference, report_verify
     from megatron_emu3.convert.import_hf import import_from_hf

@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from megatron_emu3.config.schema import ModelConfig
 from megatron_emu3.data import tokens
+
+EMU3_MODEL_TYPES = ("emu3", "emu3_text_model")  # Emu3ForConditionalGeneration, Emu3ForCausalLM
+
+
+def check_emu3_directory(hf_dir: str | Path) -> str:
+    """The model_type of a Hugging Face directory, read from its config.json without transformers (a
+    wrong directory fails at once); a clear error when it is missing or not an Emu3 model."""
+    config_file = Path(hf_dir) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} does not exist: --hf must be a Hugging Face model directory")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_file} is not valid JSON ({err})") from None
+    model_type = config.get("model_type")
+    if model_type not in EMU3_MODEL_TYPES:
+        raise ValueError(f"{hf_dir} holds a {model_type!r} model ({config.get('architectures')}); convert_from_hf "
+                         "reads Emu3 checkpoints (Emu3ForCausalLM / Emu3ForConditionalGeneration)")
+    return model_type
 
 
 def check_hf_representable(m: ModelConfig) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from megatron_emu3.config.loading import resolve_config
 from megatron_emu3.config.validation import padded_vocab_size
 from megatron_emu3.convert.export import CONDITIONAL_PREFIX, SINGLE_PROCESS
-from megatron_emu3.convert.hf_config import from_hf_text_config
+from megatron_emu3.convert.hf_config import check_emu3_directory, from_hf_text_config
 from megatron_emu3.convert.hf_mapping import HF_TEXT_PREFIX, from_hf
 from megatron_emu3.convert.safetensors_io import read_hf_state
 
@@ -23,16 +23,9 @@ def read_hf_text_config(hf_dir: str | Path):
     """(Emu3TextConfig, tensor-name prefix) of an Emu3 directory; a clear error for anything else."""
     from transformers import AutoConfig
 
-    config_file = Path(hf_dir) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} does not exist: --hf must be a Hugging Face model directory")
+    check_emu3_directory(hf_dir)
     config = AutoConfig.from_pretrained(str(hf_dir))
-    if config.model_type == "emu3":
-        return config.text_config, CONDITIONAL_PREFIX
-    if config.model_type == "emu3_text_model":
-        return config, HF_TEXT_PREFIX
-    raise ValueError(f"{hf_dir} holds a {config.model_type!r} model ({getattr(config, 'architectures', None)}); "
-                     "convert_from_hf reads Emu3 checkpoints (Emu3ForCausalLM / Emu3ForConditionalGeneration)")
+    return (config.text_config, CONDITIONAL_PREFIX) if config.model_type == "emu3" else (config, HF_TEXT_PREFIX)
 
 
 def import_from_hf(hf_dir: str | Path, output: str | Path, recipe: str | None = None, overrides=(),
