@@ -69,6 +69,9 @@ def run_entry(prog: str, doc: str, train_fn: Callable, argv=None, dry_run: bool 
 
 
 def _pretrain(cfg) -> None:
+    from megatron_emu3.training.data_feed import check_sources
+
+    check_sources(cfg)  # a wrong path or vocabulary fails before the model is built
     from megatron_emu3.training.trainer import train  # imported late: --dry-run builds nothing
 
     train(cfg)

@@ -7,6 +7,8 @@ them a rank reads is `data/sampler.py`'s business, how they are laid out for its
 
 from __future__ import annotations
 
+import os
+
 from megatron_emu3.config.schema import Config
 
 
@@ -28,12 +30,36 @@ def build_datasets(cfg: Config):
     evaluations = cfg.train.iters // cfg.train.eval_interval if cfg.train.eval_interval else 0
     valid_samples = (evaluations + 1) * cfg.train.eval_iters * cfg.data.global_batch_size if evaluations else None
     train, valid = build_shard_datasets(cfg.data, cfg.data.seq_length, cfg.seed, train_samples, valid_samples)
-    layout = train.corpus.layout
+    _check_vocabulary(cfg, train.corpus.layout)
+    return train, valid
+
+
+def check_sources(cfg: Config) -> None:
+    """Before the model is built (minutes at scale): every shard of `data.sources` exists, they share
+    one vision token layout, and `model.vocab_size` covers its ids. Reads file names and the small
+    ``PREFIX.json`` records only; `build_datasets` checks the shards themselves."""
+    if cfg.data.source == "synthetic":
+        return
+    from megatron_emu3.data.dataset import blend_spec_from_config
+    from megatron_emu3.data.shards import common_layout, expand_prefixes, read_layout
+
+    named = []
+    for source in blend_spec_from_config(cfg.data).sources:
+        for prefix in expand_prefixes(source.prefixes):
+            missing = [p for p in (prefix + ".idx", prefix + ".bin") if not os.path.isfile(p)]
+            if missing:
+                raise FileNotFoundError(f"shard {prefix!r} of data.sources is missing {', '.join(missing)}; "
+                                        "check the path or run tools/preprocess_data.py")
+            named.append((prefix, read_layout(prefix)))
+    if named:
+        _check_vocabulary(cfg, common_layout(named))
+
+
+def _check_vocabulary(cfg: Config, layout) -> None:
     if layout.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"the data's token ids reach {layout.vocab_size - 1} ({layout.describe()}) but "
                          f"model.vocab_size={cfg.model.vocab_size}; set model.vocab_size={layout.vocab_size} "
                          "(or preprocess with the vision tokenizer this model was built for)")
-    return train, valid
 
 
 def build_train_dataset(cfg: Config):

@@ -51,3 +51,12 @@ def test_config_error_exits_2_with_the_key():
     proc = _run("-m", "megatron_emu3.train", "--config", TINY, "parallel.tp=3", "--dry-run", "--world-size", "3")
     assert proc.returncode == 2
     assert "num_attention_heads=4 is not divisible by parallel.tp=3" in proc.stderr
+
+
+def test_missing_shards_are_refused_before_the_model_is_built(tmp_path):
+    proc = _run("-m", "megatron_emu3.train", "--config", TINY, f"run_dir={tmp_path / 'run'}", "data.source=shards",
+                f"data.sources=[{{prefix: {tmp_path / 'nothing'}, weight: 1.0}}]")
+    assert proc.returncode == 2
+    assert f"shard '{tmp_path / 'nothing'}' of data.sources is missing" in proc.stderr
+    assert "nothing.idx" in proc.stderr and "tools/preprocess_data.py" in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing was built or written: no config.yaml, no lock

@@ -99,6 +99,7 @@ def test_blending_two_layouts_is_refused_and_model_vocab_is_checked(tmp_path, co
                              timeout=300, env=env)
     assert refused.returncode != 0
     assert f"set model.vocab_size={vq2.layout.vocab_size}" in refused.stdout + refused.stderr
+    assert not (tmp_path / "run0").exists()  # refused before the model was built
     trained = subprocess.run(base + [f"run_dir={tmp_path / 'run'}", f"model.vocab_size={vq2.layout.vocab_size}"],
                              cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]

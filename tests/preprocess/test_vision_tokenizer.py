@@ -80,7 +80,8 @@ def test_gpu_bf16_codes_match_the_2d_and_4_frame_paths(vq_dir):
 
 
 def test_quantize_in_pieces_equals_the_whole_search(vision_tokenizer):
-    """Bounded memory: whole frames per piece, or rows of one frame, give the quantizer's own codes."""
+    """Bounded memory: pieces of latent vectors (across frames and rows, or one vector) give the
+    quantizer's own codes."""
     import torch
 
     from megatron_emu3.data.vision_tokenizer import quantize
@@ -90,5 +91,6 @@ def test_quantize_in_pieces_equals_the_whole_search(vision_tokenizer):
     latents = torch.randn(3, 2, dim, 5, 7, generator=torch.Generator().manual_seed(0))
     whole = model.quantize(latents)
     books = model.quantize.embedding.num_embeddings
-    for budget in (5 * 7 * books * 2, 7 * books * 2, 1):  # two frames, two rows, one row per piece
+    for budget in (5 * 7 * books * 2, 7 * books * 2, 13 * books, 1):  # 2 frames, 2 rows, 13 vectors, 1
         assert torch.equal(quantize(model, latents, max_elements=budget), whole)
+    assert torch.equal(quantize(model, latents), whole)  # the CPU default: pieces of 16 vectors
