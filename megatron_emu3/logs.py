@@ -18,9 +18,14 @@ def configure_logging(rank: int = 0, fmt: str = "%(asctime)s %(levelname)s %(nam
     if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger("megatron_emu3.parallel.setup").setLevel(logging.INFO)
-    # also for the helper processes megatron-core starts (checkpoint writers): they read the env
+    quiet_library_warnings()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def quiet_library_warnings() -> None:
+    """Silence megatron-core's import-time warnings (missing fused kernels: expected on CPU), here and
+    in the processes this one starts (checkpoint writers, preprocessing workers read the env)."""
     os.environ["PYTHONWARNINGS"] = ",".join(f"ignore:{m}:UserWarning" for m in LIBRARY_NOISE)
     for message in LIBRARY_NOISE:
         warnings.filterwarnings("ignore", message=f".*{message}.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="megatron.core")
-    warnings.filterwarnings("ignore", category=FutureWarning)

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from megatron_emu3.logs import quiet_library_warnings
 from megatron_emu3.preprocess import fit
 from megatron_emu3.preprocess.manifest import ManifestError
 from megatron_emu3.offline.plan import cli_task
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("preprocess", "megatron_emu3"):
         logging.getLogger(name).setLevel(logging.INFO)
+    quiet_library_warnings()  # the shard writer imports megatron-core
     args = build_parser().parse_args(argv)
     for name, value in fit.STAGES[args.stage].items():
         if getattr(args, name) is None:
