@@ -1,8 +1,11 @@
 """Run a function on N real gloo ranks and collect each rank's return value.
 
-The ranks are spawned processes kept alive between calls (one pool per world size and environment,
-up to 7 ranks in all while memory allows): importing torch and megatron-core costs seconds per
-process on a small machine, and most scenarios are short. Every
+The ranks are processes kept alive between calls (one pool per world size and environment, up to 7
+ranks in all while memory allows): importing torch and megatron-core costs seconds per process on a
+small machine, and most scenarios are short. They are forked from a forkserver that has imported
+torch, megatron-core and the trainer once (a fresh interpreter without threads or process groups),
+so a new rank starts in a fraction of a second and shares those pages. A pool with an environment of
+its own is spawned instead: megatron-core reads some variables at import. Every
 call gets a fresh rendezvous port and a fresh process group; a scenario must leave no global state
 behind (`destroy_distributed` is called for it when it forgets; a process group that outlives the
 task, with its polling threads, fails the call). A failed or timed-out call kills its
@@ -92,9 +95,23 @@ def _reset_distributed() -> None:
             dist.destroy_process_group()
 
 
+# Imported once by the forkserver, before any rank is forked. None of it may read a pool's `env`
+# at import: pools with an `env` are spawned (megatron_emu3/mcore_jit.py reads
+# EMU3_COMPILE_FUSIONS_ON_CPU when megatron-core's jit module loads).
+FORKSERVER_PRELOAD = ["torch", "megatron_emu3.training.trainer", "tests.distributed.launcher"]
+
+
+def _context(env: dict[str, str]):
+    if env:
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return ctx
+
+
 class _Pool:
     def __init__(self, world_size: int, env: dict[str, str]):
-        ctx = mp.get_context("spawn")
+        ctx = _context(env)
         self.world_size = world_size
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(world_size)]
