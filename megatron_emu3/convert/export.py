@@ -95,14 +95,16 @@ def _write_generation_config(out: Path, text_config) -> None:
 
 def load_hf_model(hf_dir: str | Path):
     """The transformers model of an exported/released directory in fp32 eval mode, and its text prefix."""
-    from transformers import AutoConfig, Emu3ForCausalLM, Emu3ForConditionalGeneration
+    from megatron_emu3.convert.hf_config import check_emu3_directory
 
-    config = AutoConfig.from_pretrained(str(hf_dir))
-    if config.model_type == "emu3":
+    # the model type from config.json itself: transformers' parse of an Emu3Config validates its
+    # 184,622-entry vocabulary_map entry by entry (seconds), and from_pretrained does it once anyway
+    model_type = check_emu3_directory(hf_dir)
+    from transformers import Emu3ForCausalLM, Emu3ForConditionalGeneration
+
+    if model_type == "emu3":
         return Emu3ForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval(), CONDITIONAL_PREFIX
-    if config.model_type == "emu3_text_model":
-        return Emu3ForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval(), HF_TEXT_PREFIX
-    raise ValueError(f"{hf_dir} holds a {config.model_type!r} model, not Emu3 (emu3 / emu3_text_model)")
+    return Emu3ForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval(), HF_TEXT_PREFIX
 
 
 @torch.no_grad()

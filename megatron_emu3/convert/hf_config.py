@@ -23,8 +23,8 @@ def check_emu3_directory(hf_dir: str | Path) -> str:
         raise ValueError(f"{config_file} is not valid JSON ({err})") from None
     model_type = config.get("model_type")
     if model_type not in EMU3_MODEL_TYPES:
-        raise ValueError(f"{hf_dir} holds a {model_type!r} model ({config.get('architectures')}); convert_from_hf "
-                         "reads Emu3 checkpoints (Emu3ForCausalLM / Emu3ForConditionalGeneration)")
+        raise ValueError(f"{hf_dir} holds a {model_type!r} model ({config.get('architectures')}), not Emu3: only "
+                         "Emu3 checkpoints (Emu3ForCausalLM / Emu3ForConditionalGeneration) can be read")
     return model_type
 
 
