@@ -31,8 +31,8 @@ demo: install
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash examples/demo.sh
 
 # Three pytest-xdist workers on two cores: many tests wait (on Slurm, on a subprocess's step), and a third
-# worker fills those waits (with three, /proc/stat shows both cores busy: 197% over a run). Each test file stays on one worker, the Slurm
-# tests share one, the longest groups start first (tests/conftest.py).
+# worker fills those waits (with three, /proc/stat shows both cores busy: 197% over a run). Each test file
+# stays on one worker, the Slurm tests share one, the longest groups start first (tests/conftest.py).
 # malloc backs large blocks with transparent huge pages (far fewer page faults; see tests/conftest.py).
 TEST_WORKERS ?= 3
 
