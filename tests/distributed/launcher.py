@@ -5,7 +5,8 @@ ranks in all while memory allows): importing torch and megatron-core costs secon
 small machine, and most scenarios are short. They are forked from a forkserver that has imported
 torch, megatron-core and the trainer once (a fresh interpreter without threads or process groups),
 so a new rank starts in a fraction of a second and shares those pages. A pool with an environment of
-its own is spawned instead: megatron-core reads some variables at import. Every
+its own is spawned instead (megatron-core reads some variables at import), and so is every pool on a
+machine with CUDA (a process forked after the CUDA driver started cannot use it). Every
 call gets a fresh rendezvous port and a fresh process group; a scenario must leave no global state
 behind (`destroy_distributed` is called for it when it forgets; a process group that outlives the
 task, with its polling threads, fails the call). A failed or timed-out call kills its
@@ -102,7 +103,9 @@ FORKSERVER_PRELOAD = ["torch", "megatron_emu3.training.trainer", "tests.distribu
 
 
 def _context(env: dict[str, str]):
-    if env:
+    # With CUDA, spawn: the forkserver's import of megatron-core asks torch.cuda.is_available(), which
+    # initialises the CUDA driver, and a process forked after that cannot use CUDA.
+    if env or torch.cuda.is_available():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
