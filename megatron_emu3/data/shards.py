@@ -67,18 +67,24 @@ def common_layout(named: list[tuple[str, VisionLayout]]) -> VisionLayout:
     return first
 
 
+def require_shard_files(prefix: str, where: str = "") -> None:
+    """FileNotFoundError naming what is missing of ``PREFIX.idx`` / ``PREFIX.bin`` (`where`: e.g.
+    " of data.sources", after the prefix in the message)."""
+    missing = [p for p in (prefix + ".idx", prefix + ".bin") if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"shard {prefix!r}{where} is missing {', '.join(missing)}; check the data source path or "
+            f"{_REDO if len(missing) == 1 else 'run tools/preprocess_data.py'}"
+        )
+
+
 class ShardSet:
     """One ``PREFIX.bin`` / ``PREFIX.idx`` pair, checked on open; tokens read through a memory map."""
 
     def __init__(self, prefix: str):
         self.prefix = prefix
         idx_path, bin_path = prefix + ".idx", prefix + ".bin"
-        missing = [p for p in (idx_path, bin_path) if not os.path.isfile(p)]
-        if missing:
-            raise FileNotFoundError(
-                f"shard {prefix!r} is missing {', '.join(missing)}; check the data source path or "
-                f"{_REDO if len(missing) == 1 else 'run tools/preprocess_data.py'}"
-            )
+        require_shard_files(prefix)
         idx_size = os.path.getsize(idx_path)
         with open(idx_path, "rb") as f:
             head = f.read(_HEADER)

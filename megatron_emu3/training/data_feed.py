@@ -7,8 +7,6 @@ them a rank reads is `data/sampler.py`'s business, how they are laid out for its
 
 from __future__ import annotations
 
-import os
-
 from megatron_emu3.config.schema import Config
 
 
@@ -41,15 +39,12 @@ def check_sources(cfg: Config) -> None:
     if cfg.data.source == "synthetic":
         return
     from megatron_emu3.data.dataset import blend_spec_from_config
-    from megatron_emu3.data.shards import common_layout, expand_prefixes, read_layout
+    from megatron_emu3.data.shards import common_layout, expand_prefixes, read_layout, require_shard_files
 
     named = []
     for source in blend_spec_from_config(cfg.data).sources:
         for prefix in expand_prefixes(source.prefixes):
-            missing = [p for p in (prefix + ".idx", prefix + ".bin") if not os.path.isfile(p)]
-            if missing:
-                raise FileNotFoundError(f"shard {prefix!r} of data.sources is missing {', '.join(missing)}; "
-                                        "check the path or run tools/preprocess_data.py")
+            require_shard_files(prefix, " of data.sources")
             named.append((prefix, read_layout(prefix)))
     if named:
         _check_vocabulary(cfg, common_layout(named))

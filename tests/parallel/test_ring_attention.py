@@ -1,8 +1,8 @@
 """Ring attention over real gloo ranks (CP = 2 and 4) against full-sequence document-masked attention.
 
 One call on the rank pool per CP size runs every case (`ring_scenarios.run_all`); the tests below
-assert on its results. Tolerances (max absolute difference, inputs and upstream gradients ~N(0, 1), reference in
-fp64): fp64 ring 1e-12 (the algorithm is exact; only summation order differs), fp32 ring 1e-5, bf16
+assert on its results. Tolerances (max absolute difference, inputs and upstream gradients ~N(0, 1),
+reference in fp64): fp64 ring 1e-12 (the algorithm is exact; only summation order differs), fp32 ring 1e-5, bf16
 ring 6e-2 (bf16 has 8 mantissa bits). Model level (fp32 GPTModel, RingCoreAttention at CP=c vs
 SDPACoreAttention on the whole sequence, same weights): per-token loss within 1e-5, every parameter
 gradient (summed over CP ranks, as DDP does) within 1e-5 with the largest gradient ~10.
