@@ -92,7 +92,10 @@ def adapt_optimizer_common(optimizer, loaded: dict) -> None:
         groups = [dict(g, step=int(step) if step is not None else 0) for g in loaded["param_groups"]]
         loaded["optimizer"] = {"param_groups": groups}
         loaded["param_state_sharding_type"] = "fully_reshardable"
-    elif not _is_distributed(optimizer) and "optimizer" in loaded:
+    elif not _is_distributed(optimizer) and not hasattr(chained[0], "fp32_from_float16_groups") \
+            and "optimizer" in loaded:
+        # a distributed-optimizer checkpoint loaded by the plain fp32 optimizer (the bf16 one,
+        # Float16OptimizerWithFloat16Params, keeps its state under "optimizer" itself)
         # the request's param_groups carry only this run's param ids; the group settings come from
         # this run too (lr and weight decay are set by the schedule every step anyway)
         steps = {g.get("step") for g in loaded["optimizer"]["param_groups"]} - {None}
@@ -107,12 +110,13 @@ def adapt_optimizer_common(optimizer, loaded: dict) -> None:
 
 
 def load_optimizer_state(optimizer, loaded: dict) -> None:
-    """`optimizer.load_state_dict(loaded)`, working around megatron-core 0.16's torch-Adam gap.
+    """`optimizer.load_state_dict(loaded)`, working around megatron-core's two torch-Adam gaps.
 
     With torch's Adam (no Apex/TE: CPU, or a GPU without them) the distributed optimizer puts a
     ``step`` into every param state while loading, then copies each state entry from the checkpoint
     tensors, which never carry ``step`` (KeyError). During this call only, the step already set is
-    passed through as its own source.
+    passed through as its own source. Afterwards each parameter gets its own step tensor again
+    (`untie_adam_steps`).
     """
     patched = []
     for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
@@ -136,3 +140,22 @@ def load_optimizer_state(optimizer, loaded: dict) -> None:
     finally:
         for chained in patched:
             del chained._set_main_param_and_optimizer_states  # back to the class method
+    for chained in patched:
+        untie_adam_steps(chained.optimizer)
+
+
+def untie_adam_steps(adam) -> None:
+    """Give every parameter its own ``step`` tensor again.
+
+    megatron-core's DistributedOptimizer.load_state_dict (0.16 through 0.19, torch Adam) puts *one*
+    step tensor into every parameter's state, and torch's Adam increments each parameter's step in
+    place: after a resume the shared step grew by the number of parameters per update, so the bias
+    correction of every later step was wrong and the run drifted from the uninterrupted one.
+    """
+    shared: dict[int, torch.Tensor] = {}
+    for state in adam.state.values():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor):
+            if id(step) in shared:
+                state["step"] = step.clone()
+            shared[id(step)] = step

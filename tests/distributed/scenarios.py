@@ -150,3 +150,55 @@ def sharded_state_keys(overrides: list[str]) -> list[str]:
     keys = sorted(v.key for v in unwrap(run.model).sharded_state_dict().values() if ".layers." in getattr(v, "key", ""))
     destroy_distributed()
     return keys
+
+
+def _optimizer_step(run, task) -> dict:
+    """One more training step of `run`; its loss, grad norm and the optimizer state after it."""
+    from megatron_emu3.checkpoint.full_optimizer_state import gather_full_optimizer_state
+    from megatron_emu3.training.trainer import train_one_step
+
+    result = train_one_step(run, task)
+    return {"loss": result["loss"], "grad_norm": result["grad_norm"],
+            "state": gather_full_optimizer_state(run.chunks, run.optimizer)}
+
+
+def optimizer_resume(overrides: list[str], run_dir: str) -> dict:
+    """Train to train.iters (a checkpoint at the end) and record the optimizer state, then take one more
+    step. Build the model and optimizer afresh, load that checkpoint, record what came back and take
+    the same step.
+    Returns the four states (full layout, `checkpoint/full_optimizer_state.py`) and the two steps."""
+    from megatron_emu3.checkpoint.full_optimizer_state import gather_full_optimizer_state
+    from megatron_emu3.checkpoint.layout import find_latest
+    from megatron_emu3.checkpoint.state import load_checkpoint
+    from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.parallel.setup import destroy_distributed
+    from megatron_emu3.training.pretrain import PretrainTask
+    from megatron_emu3.training.trainer import build_run, train
+
+    cfg = resolve_config(RECIPE, overrides + [f"run_dir={run_dir}", "checkpoint.save_at_end=true"])
+    run = train(cfg)
+    saved = gather_full_optimizer_state(run.chunks, run.optimizer)
+    straight = _optimizer_step(run, run.task)
+
+    run = build_run(cfg)  # a new model and optimizer on the same process groups
+    load_checkpoint(run.checkpoint_parts(), find_latest(Path(run_dir) / "checkpoints"))
+    loaded = gather_full_optimizer_state(run.chunks, run.optimizer)
+    resumed = _optimizer_step(run, PretrainTask(cfg, run.ctx, run.choice.input_format))
+    destroy_distributed()
+    return {"saved": saved, "loaded": loaded, "straight": straight, "resumed": resumed}
+
+
+def optimizer_after_load(overrides: list[str], checkpoint: str) -> dict:
+    """Build under `overrides`, load `checkpoint` (any layout); the optimizer state that came back."""
+    from megatron_emu3.checkpoint.full_optimizer_state import gather_full_optimizer_state
+    from megatron_emu3.checkpoint.state import load_checkpoint
+    from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.parallel.setup import destroy_distributed
+    from megatron_emu3.training.trainer import build_run
+
+    run = build_run(resolve_config(RECIPE, overrides))
+    try:
+        load_checkpoint(run.checkpoint_parts(), checkpoint)
+        return gather_full_optimizer_state(run.chunks, run.optimizer)
+    finally:
+        destroy_distributed()
