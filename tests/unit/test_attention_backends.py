@@ -53,6 +53,26 @@ def test_flash_wrapper_equals_sdpa_with_document_mask(monkeypatch):
         torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-5)
 
 
+def test_cuda_form_of_sdpa_equals_the_gqa_mask_form():
+    """What SDPACoreAttention does with a mask on CUDA (K/V repeated to the query's heads, the mask as
+    one shared additive bias: the memory-efficient kernel's form) gives the same attention as the
+    boolean mask with enable_gqa (the CPU form), forward and backward."""
+    from megatron_emu3.model.attention import additive_mask, repeat_kv_heads
+
+    torch.manual_seed(3)
+    q = torch.randn(2, 4, 12, 16, requires_grad=True)
+    k, v = torch.randn(2, 2, 12, 16, requires_grad=True), torch.randn(2, 2, 12, 16, requires_grad=True)
+    mask = document_attention_mask(torch.tensor([[0] * 5 + [1] * 4 + [2] * 3, [0] * 12]))
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=~mask, enable_gqa=True)
+    bias = additive_mask(mask, q.dtype)
+    assert additive_mask(mask, q.dtype) is bias and bias.dtype == q.dtype  # made once per mask
+    assert torch.equal(bias == 0, ~mask)
+    got = F.scaled_dot_product_attention(q, *repeat_kv_heads(q, k, v), attn_mask=bias)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    for g, e in zip(torch.autograd.grad(got.sum(), (q, k, v)), torch.autograd.grad(want.sum(), (q, k, v))):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-5)
+
+
 def test_flash_wrapper_refuses_a_boolean_mask(monkeypatch):
     monkeypatch.setattr(FlashVarlenCoreAttention, "kernel_loader", staticmethod(lambda: reference_varlen))
     flash = FlashVarlenCoreAttention(_config(), 1, AttnMaskType.causal, "self")
@@ -61,16 +81,48 @@ def test_flash_wrapper_refuses_a_boolean_mask(monkeypatch):
         flash(q, q[:, :, :2], q[:, :, :2], torch.zeros(1, 1, 4, 4, dtype=torch.bool))
 
 
-def test_torch_varlen_adapter_equals_sdpa_with_document_mask(monkeypatch):
-    """torch's varlen_attn (CUDA only) is replaced by a reference of its contract that checks the
-    adapter asks for causal windows and native GQA; the real kernel is compared in tests/gpu."""
+# torch's varlen_attn as released (keyword-only options after max_k): 2.11 has no enable_gqa, 2.13 has.
+def varlen_attn_2_11(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                     window_size=(-1, -1), seqused_k=None, block_table=None, num_splits=None):
+    assert key.shape[1] == query.shape[1], "the adapter must repeat K/V heads where enable_gqa is missing"
+    assert tuple(window_size) == (-1, 0) and torch.equal(cu_seq_q, cu_seq_k)
+    return reference_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, softmax_scale=scale, causal=True)
+
+
+def varlen_attn_2_13(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                     window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
+    assert enable_gqa and key.shape[1] < query.shape[1], "K/V keep their own heads where enable_gqa exists"
+    assert tuple(window_size) == (-1, 0) and torch.equal(cu_seq_q, cu_seq_k)
+    return reference_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, softmax_scale=scale, causal=True)
+
+
+STAND_INS = {"2.11": varlen_attn_2_11, "2.13": varlen_attn_2_13}
+
+
+def _parameters(fn) -> list[tuple[str, object]]:
+    import inspect
+
+    return [(p.name, p.kind) for p in inspect.signature(fn).parameters.values()]
+
+
+def test_varlen_stand_in_has_the_installed_torch_signature():
+    """The stand-in of the installed torch's line is its real signature (names, order, keyword-only)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    line = ".".join(torch.__version__.split(".")[:2])
+    if line not in STAND_INS:
+        pytest.fail(f"torch {torch.__version__}: add its varlen_attn signature to STAND_INS")
+    assert _parameters(STAND_INS[line]) == _parameters(varlen_attn)
+
+
+@pytest.mark.parametrize("torch_line", list(STAND_INS))
+def test_torch_varlen_adapter_equals_sdpa_with_document_mask(monkeypatch, torch_line):
+    """torch's varlen_attn (CUDA only) is replaced by stand-ins with the real 2.11 and 2.13 signatures
+    that check what the adapter passes (causal window, GQA as each version takes it); the real kernel
+    is compared in tests/gpu."""
     import torch.nn.attention.varlen as varlen
 
-    def reference_torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
-        assert tuple(window_size) == (-1, 0) and enable_gqa and torch.equal(cu_q, cu_k)
-        return reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True)
-
-    monkeypatch.setattr(varlen, "varlen_attn", reference_torch_varlen)
+    monkeypatch.setattr(varlen, "varlen_attn", STAND_INS[torch_line])
     cfg = _config()
     module, sdpa = TorchVarlenCoreAttention(cfg, 1, AttnMaskType.causal, "self"), SDPACoreAttention(cfg, 1, AttnMaskType.causal, "self")
     torch.manual_seed(1)

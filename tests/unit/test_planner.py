@@ -36,6 +36,18 @@ def test_memory_parts_scale_with_the_layout():
     assert no_distopt["optimizer"] == pytest.approx(64 * one["optimizer"])
 
 
+def test_sdpa_counts_its_repeated_kv_and_document_mask():
+    """attention_backend=sdpa keeps K/V repeated to 32 heads per layer and one mask + bf16 bias of
+    5,120 x 5,120 per micro-batch (model/attention.py's CUDA form); flash-style backends keep neither."""
+    cfg = resolve_config(str(RECIPES / "emu3_8b_stage1.yaml"), ["data.micro_batch_size=1"])
+    sdpa = resolve_config(str(RECIPES / "emu3_8b_stage1.yaml"), ["data.micro_batch_size=1",
+                                                                 "parallel.attention_backend=sdpa"])
+    layout = Layout(tp=1, cp=1, dp=64, recompute="none")
+    extra = memory_per_gpu(sdpa, layout)["activations"] - memory_per_gpu(cfg, layout)["activations"]
+    assert extra == pytest.approx(32 * 4 * (32 - 8) * 128 * 5120 + 3 * 5120 * 5120)
+    assert extra / GIB == pytest.approx(1.95, abs=0.01)
+
+
 @pytest.mark.parametrize("recipe", ["emu3_8b_stage1.yaml", "emu3_8b_stage2.yaml", "emu3p5_34b.yaml"])
 def test_recipes_use_the_planner_suggestion(recipe):
     cfg = resolve_config(str(RECIPES / recipe))
