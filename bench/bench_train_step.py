@@ -47,6 +47,7 @@ def main() -> None:
     args = parser.parse_intermixed_args()  # options may follow the overrides
     warnings.filterwarnings("ignore")
     from megatron_emu3.config.loading import resolve_config
+    from megatron_emu3.config.to_mcore import fused_kernels_on
     from megatron_emu3.parallel.planner import Layout, memory_per_gpu, model_flops_per_token
     from megatron_emu3.training.pretrain import PretrainTask
     from megatron_emu3.training.trainer import build_run, train_one_step
@@ -59,10 +60,12 @@ def main() -> None:
                                 "model.attention_dropout=0", *args.overrides])
     run = build_run(cfg)
     task = PretrainTask(cfg, run.ctx, run.choice.input_format)
-    train_one_step(run, task)  # warm-up
+    start = time.perf_counter()
+    train_one_step(run, task)  # warm-up, untimed: includes compiling the fused kernels when they are on
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    warmup = time.perf_counter() - start
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -81,12 +84,14 @@ def main() -> None:
     # which kernel produced these figures (the choice build_run made, model/spec.py)
     why, input_format = run.choice.why, run.choice.input_format
     print(f"attention backend={cfg.parallel.attention_backend}: {why} | input format {input_format}")
+    fused = fused_kernels_on(cfg)
+    print(f"warm-up step {warmup:.1f} s (fused kernels {'on: includes their compile' if fused else 'off'})")
     print(f"step {step * 1e3:.1f} ms | {tokens / step:,.0f} tokens/s | model TFLOP/s {flops:.1f} | "
           f"matmul peak {peak:.1f} TFLOP/s | MFU {flops / peak:.1%} (causal attention counted as half)")
     figures = {"device": device_name, "torch": torch.__version__, "layers": cfg.model.num_layers,
                "seq": cfg.data.seq_length, "precision": precision, "recompute": cfg.parallel.recompute,
                "attention_backend": cfg.parallel.attention_backend, "attention_kernel": why,
-               "input_format": input_format, "step_ms": step * 1e3, "step_ms_all": [t * 1e3 for t in times],
+               "input_format": input_format, "fused_kernels": fused, "warmup_s": warmup, "step_ms": step * 1e3, "step_ms_all": [t * 1e3 for t in times],
                "tokens_per_s": tokens / step, "model_tflops": flops, "matmul_peak_tflops": peak, "mfu": flops / peak,
                "peak_memory_gib": None, "planner_memory_gib": None}
     if cuda:

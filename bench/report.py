@@ -124,6 +124,8 @@ def summarise(step: Step) -> str:
                 f"MFU {f['mfu']:.1%}")
         if f.get("peak_memory_gib") is not None:
             text += f", {f['peak_memory_gib']:.1f} GiB (planner {f['planner_memory_gib']:.1f})"
+        if f.get("warmup_s") is not None:  # untimed first step; with fused kernels it includes their compile
+            text += f", warm-up {f['warmup_s']:.1f} s ({'fused' if f.get('fused_kernels') else 'unfused'})"
         return text
     if step.kind == "attention":
         rows = f.get("rows", [])

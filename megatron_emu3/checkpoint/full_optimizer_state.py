@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_emu3.model.full_state import full_names, merge_shards
+from megatron_emu3.parallel.context import ParallelContext
 
 STATE_KEYS = ("param", "exp_avg", "exp_avg_sq")
 
@@ -85,11 +86,10 @@ def _distributed_state(opt, named: dict) -> tuple[dict, dict]:
     return out, step_of
 
 
-def gather_full_optimizer_state(chunks, optimizer, tp_group=None) -> dict[str, dict]:
+def gather_full_optimizer_state(chunks, optimizer, ctx: ParallelContext) -> dict[str, dict]:
     """``{name: {"param", "exp_avg", "exp_avg_sq": full fp32 CPU tensor, "step": float or None}}`` on
-    every rank; `chunks`: this rank's wrapped model chunks, `optimizer`: megatron-core's optimizer."""
-    from megatron.core import parallel_state
-
+    every rank; `chunks`: this rank's wrapped model chunks, `optimizer`: megatron-core's optimizer,
+    `ctx`: this rank's groups (tensor-parallel shards and pipeline stages are gathered over them)."""
     named = {}
     for chunk in chunks if isinstance(chunks, (list, tuple)) else [chunks]:
         named.update(full_names(chunk))
@@ -109,8 +109,7 @@ def gather_full_optimizer_state(chunks, optimizer, tp_group=None) -> dict[str, d
     if missing:
         raise RuntimeError(f"the optimizer holds no state for {len(missing)} parameters, first: {missing[0]}")
 
-    tp_group = tp_group or (parallel_state.get_tensor_model_parallel_group() if dist.is_initialized() else None)
-    tp_size = dist.get_world_size(tp_group) if dist.is_initialized() else 1
+    tp_size = ctx.tp_size if dist.is_initialized() else 1
     out = {}
     for name in named:  # the same order on every rank of a TP group
         entry = {"step": local[name]["step"]}
@@ -119,11 +118,11 @@ def gather_full_optimizer_state(chunks, optimizer, tp_group=None) -> dict[str, d
             shards = [tensor]
             if tp_size > 1:
                 shards = [torch.empty_like(tensor) for _ in range(tp_size)]
-                dist.all_gather(shards, tensor, group=tp_group)
+                dist.all_gather(shards, tensor, group=ctx.tp_group)
             entry[key] = merge_shards(name, shards)
         out[name] = entry
-    if dist.is_initialized() and parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        stages = [None] * parallel_state.get_pipeline_model_parallel_world_size()
-        dist.all_gather_object(stages, out, group=parallel_state.get_pipeline_model_parallel_group())
+    if dist.is_initialized() and ctx.pp_size > 1:
+        stages = [None] * ctx.pp_size
+        dist.all_gather_object(stages, out, group=ctx.pp_group)
         out = {name: entry for stage in stages for name, entry in stage.items()}
     return out

@@ -28,12 +28,17 @@ def uses_bf16(cfg: Config) -> bool:
     return cfg.train.precision == "bf16"
 
 
+def fused_kernels_on(cfg: Config) -> bool:
+    """train.fused_kernels resolved: auto means on with CUDA (torch.compile'd fusions), off on CPU."""
+    return cfg.train.fused_kernels == "fused" or (cfg.train.fused_kernels == "auto" and torch.cuda.is_available())
+
+
 def transformer_config(cfg: Config) -> TransformerConfig:
     """Model + parallel sections -> megatron-core TransformerConfig (Emu3: Llama-style blocks)."""
     m, p = cfg.model, cfg.parallel
     bf16 = uses_bf16(cfg)
     on_gpu = torch.cuda.is_available()
-    fused = cfg.train.fused_kernels == "fused" or (cfg.train.fused_kernels == "auto" and on_gpu)
+    fused = fused_kernels_on(cfg)
     recompute = {}
     if p.recompute == "selective":
         recompute = dict(recompute_granularity="selective", recompute_modules=["core_attn"])

@@ -2,8 +2,13 @@
 
 Every parameter is drawn as its full (TP=1, one-stage) tensor from a generator seeded by
 (seed, full-layout name), and this rank keeps its tensor-parallel shard of it. So a seed builds the
-same model under any tensor, pipeline, context or data-parallel layout, on CPU and on GPU (megatron-
-core's own initialisation draws per TP rank on GPU and in stage order under pipeline parallelism).
+same model under any tensor, pipeline, context or data-parallel layout (megatron-core's own
+initialisation draws per TP rank on GPU and in stage order under pipeline parallelism). The draw
+uses a generator of the parameter's own device, and CUDA's generator gives other numbers than the
+CPU's for the same seed: a seed gives one model on every GPU layout and one on every CPU layout,
+but not the same model on both (drawing on the CPU and moving would make them equal, at the cost of
+generating all 8B values on the CPU at every start). To compare a GPU run with a CPU run, start both
+from the same weights (`checkpoint.load_weights_from`, or a full state as the tests do).
 The distributions are megatron-core's: normal(0, init_std) for the embedding, QKV, fc1 and output
 layer, normal(0, init_std / sqrt(2 x layers)) for the attention output and fc2, ones for norms.
 Tensors are drawn one at a time on the parameter's device (the largest, the embedding, is the only

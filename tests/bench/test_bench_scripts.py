@@ -264,14 +264,16 @@ def test_bench_train_step(tmp_path, recompute):
     if not torch.cuda.is_available():  # this process sees what the script saw: the same choice as build_run's
         choice = decoder_spec("auto", 1, 1, 0.0)
         assert lines[1] == f"attention backend=auto: {choice.why} | input format {choice.input_format}", out
+    warmup = re.fullmatch(rf"warm-up step ({NUMBER}) s \(fused kernels off\)", lines[2])  # CPU: auto = unfused
+    assert warmup and num(warmup[1]) > 0, out
     match = re.fullmatch(rf"step ({NUMBER}) ms \| ({NUMBER}) tokens/s \| model TFLOP/s ({NUMBER}) \| "
                          rf"matmul peak ({NUMBER}) TFLOP/s \| MFU ({NUMBER})% \(causal attention counted as half\)",
-                         lines[2])
+                         lines[3])
     assert match, out
     step_ms, tokens_s, model_tflops, peak, mfu = map(num, match.groups())
     assert step_ms > 0 and tokens_s > 0 and model_tflops >= 0 and peak >= 0 and mfu > 0
     assert tokens_s == pytest.approx(128 / (step_ms / 1e3), rel=0.01, abs=1)  # 1 sample x 128 tokens per step
-    assert len(lines) == 3, out  # the peak-memory line is GPU only
+    assert len(lines) == 4, out  # the peak-memory line is GPU only
     recorded = json.loads(figures.read_text())
     assert (recorded["layers"], recorded["seq"], recorded["recompute"], recorded["precision"]) == (1, 128, recompute,
                                                                                                     "fp32")
@@ -281,3 +283,4 @@ def test_bench_train_step(tmp_path, recompute):
         f"{step_ms:.1f}", f"{tokens_s:,.0f}", f"{mfu:.1f}%")
     assert recorded["mfu"] == pytest.approx(recorded["model_tflops"] / recorded["matmul_peak_tflops"])
     assert recorded["peak_memory_gib"] is None and recorded["planner_memory_gib"] is None
+    assert recorded["fused_kernels"] is False and f"{recorded['warmup_s']:.1f}" == warmup[1]

@@ -159,7 +159,7 @@ def _optimizer_step(run, task) -> dict:
 
     result = train_one_step(run, task)
     return {"loss": result["loss"], "grad_norm": result["grad_norm"],
-            "state": gather_full_optimizer_state(run.chunks, run.optimizer)}
+            "state": gather_full_optimizer_state(run.chunks, run.optimizer, run.ctx)}
 
 
 def optimizer_resume(overrides: list[str], run_dir: str) -> dict:
@@ -177,12 +177,12 @@ def optimizer_resume(overrides: list[str], run_dir: str) -> dict:
 
     cfg = resolve_config(RECIPE, overrides + [f"run_dir={run_dir}", "checkpoint.save_at_end=true"])
     run = train(cfg)
-    saved = gather_full_optimizer_state(run.chunks, run.optimizer)
+    saved = gather_full_optimizer_state(run.chunks, run.optimizer, run.ctx)
     straight = _optimizer_step(run, run.task)
 
     run = build_run(cfg)  # a new model and optimizer on the same process groups
     load_checkpoint(run.checkpoint_parts(), find_latest(Path(run_dir) / "checkpoints"))
-    loaded = gather_full_optimizer_state(run.chunks, run.optimizer)
+    loaded = gather_full_optimizer_state(run.chunks, run.optimizer, run.ctx)
     resumed = _optimizer_step(run, PretrainTask(cfg, run.ctx, run.choice.input_format))
     destroy_distributed()
     return {"saved": saved, "loaded": loaded, "straight": straight, "resumed": resumed}
@@ -199,6 +199,6 @@ def optimizer_after_load(overrides: list[str], checkpoint: str) -> dict:
     run = build_run(resolve_config(RECIPE, overrides))
     try:
         load_checkpoint(run.checkpoint_parts(), checkpoint)
-        return gather_full_optimizer_state(run.chunks, run.optimizer)
+        return gather_full_optimizer_state(run.chunks, run.optimizer, run.ctx)
     finally:
         destroy_distributed()
