@@ -64,7 +64,7 @@ def test_plan_fits_nine_minutes_and_runs_every_check(tmp_path):
     assert commands[0] == ("/opt/py/bin/python3 -m pip install -q --disable-pip-version-check --no-index --no-deps "
                            "--no-compile --no-cache-dir --upgrade --target /tmp/site "
                            + " ".join(str(p) for p in sorted(wheels.glob("*.whl"))))
-    wanted = ["bench/machine_info.py --json", "-m pytest -m gpu tests",
+    wanted = ["bench/machine_info.py --json", "-m pytest -m gpu tests/gpu",
               "-m megatron_emu3.train --config examples/recipes/tiny.yaml", "train.precision=bf16",
               "bench/bench_attention.py --seqs 8192,32768,131072 --docs 1",
               "bench/bench_ring_attention.py --device cuda --seq 32768 --cp 1"]
@@ -91,6 +91,30 @@ def test_plan_without_wheels_uses_the_interpreter_as_it_is(tmp_path):
                           env=run_env(tmp_path, PY="py", WHEELS=str(tmp_path / "none")))
     assert proc.returncode == 0 and "no wheels in" in proc.stderr and "make wheelhouse" in proc.stderr
     assert "pip install" not in proc.stdout and proc.stdout.startswith("# 1. machine and versions")
+
+
+def test_gpu_step_collects_every_gpu_test_without_hypothesis(tmp_path):
+    """The GPU-test step names every file that holds a GPU test, and those files collect on an image
+    without hypothesis (a finder that refuses to import it stands in for its absence)."""
+    script = RUN.read_text()
+    listed = re.search(r"GPU_TEST_FILES=\(([^)]*)\)", script)[1].split()
+    marked = re.compile(r"^(@pytest\.mark\.gpu\b|pytestmark = .*pytest\.mark\.gpu\b)", re.M)
+    holding = {str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py") if marked.search(p.read_text())}
+    covered = {h for h in holding if any(h == f or h.startswith(f + "/") for f in listed)}
+    assert covered == holding, f"GPU tests outside GPU_TEST_FILES: {sorted(holding - covered)}"
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text("import sys\n"
+                       "class NoHypothesis:\n"
+                       "    def find_spec(self, name, path=None, target=None):\n"
+                       "        if name.split('.')[0] == 'hypothesis':\n"
+                       "            raise ModuleNotFoundError(\"No module named 'hypothesis'\")\n"
+                       "sys.meta_path.insert(0, NoHypothesis())\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:hypothesispytest",
+                           *listed], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    collected = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert len(collected) >= len(holding), proc.stdout
 
 
 def test_without_wheels_or_megatron_core_it_stops_at_once_naming_the_fix(tmp_path):
