@@ -31,13 +31,14 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 LONGEST_GROUPS = {
     "slurm": 201,
     "tests/vq/test_vq_train.py": 119,
-    "tests/distributed/test_engine_cli.py": 112,
+    "tests/distributed/test_engine_cli.py": 130,
     "tests/bench/test_bench_scripts.py": 106,
     "tests/distributed/test_convert_cli.py": 99,
     "tests/distributed/test_context_parallel.py": 89,
     "tests/distributed/test_checkpoint_resume.py": 66,
     "tests/distributed/test_checkpoint_reshard.py": 54,
     "tests/preprocess/test_preprocess_tool.py": 52,
+    "tests/distributed/test_optimizer_state.py": 35,
 }
 
 
