@@ -39,8 +39,9 @@ CASES = {
     "dp2_distopt_bf16": (2, DISTOPT + ["train.precision=bf16"]),
     "dp2_distopt_no_overlap": (2, DISTOPT + ["parallel.overlap_param_gather=false",
                                              "parallel.overlap_grad_reduce=false"]),
-    "tp2xdp2_distopt": (4, DISTOPT + ["parallel.tp=2"]),
-    "pp2xdp2_distopt": (4, DISTOPT + ["parallel.pp=2"]),
+    # one micro-batch per data-parallel rank (4 ranks share 2 cores in the suite)
+    "tp2xdp2_distopt": (4, DISTOPT + ["parallel.tp=2", "data.global_batch_size=4"]),
+    "pp2xdp2_distopt": (4, DISTOPT + ["parallel.pp=2", "data.global_batch_size=4"]),
 }
 
 
