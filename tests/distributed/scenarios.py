@@ -152,6 +152,15 @@ def sharded_state_keys(overrides: list[str]) -> list[str]:
     return keys
 
 
+def assert_same_state(want: dict, got: dict, what: str) -> None:
+    """Two optimizer states (`gather_full_optimizer_state`) hold equal tensors and steps, bit for bit."""
+    assert set(got) == set(want), what
+    for name, entry in want.items():
+        assert entry["step"] is not None and got[name]["step"] == entry["step"], (what, name, "step")
+        for key in ("param", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(got[name][key], entry[key]), (what, name, key)
+
+
 def _optimizer_step(run, task) -> dict:
     """One more training step of `run`; its loss, grad norm and the optimizer state after it."""
     from megatron_emu3.checkpoint.full_optimizer_state import gather_full_optimizer_state

@@ -15,19 +15,11 @@ import pytest
 import torch
 
 from tests.distributed.launcher import run_ranks
-from tests.distributed.scenarios import optimizer_after_load, optimizer_resume
+from tests.distributed.scenarios import assert_same_state, optimizer_after_load, optimizer_resume
 
 SMALL = ["model.vocab_size=512", "data.synthetic_vocab=64", "data.seq_length=32", "train.iters=2",
          "optimizer.warmup_iters=1", "optimizer.decay_iters=10", "optimizer.weight_decay=0.1"]
 DISTOPT = ["parallel.distributed_optimizer=true"]
-
-
-def assert_same_state(want: dict, got: dict, what: str) -> None:
-    assert set(got) == set(want), what
-    for name, entry in want.items():
-        assert entry["step"] is not None and got[name]["step"] == entry["step"], (what, name, "step")
-        for key in ("param", "exp_avg", "exp_avg_sq"):
-            assert torch.equal(got[name][key], entry[key]), (what, name, key)
 
 
 CASES = {
