@@ -52,15 +52,16 @@ def _distributed_state(opt, named: dict) -> tuple[dict, dict]:
     in_buffers = {p for buffer in opt.buffers for p in buffer.param_index_map}
     owned = [(name, p) for name, p in named.items() if p in in_buffers]
     sizes = [p.numel() for _, p in owned]
-    flat = torch.zeros(len(STATE_KEYS), sum(sizes), dtype=torch.float32)
-    steps = torch.full((2, len(owned)), float("nan"), dtype=torch.float64)
+    device = owned[0][1].device if owned else torch.device("cpu")  # collectives run where the group does (NCCL: GPU)
+    flat = torch.zeros(len(STATE_KEYS), sum(sizes), dtype=torch.float32, device=device)
+    steps = torch.full((2, len(owned)), float("nan"), dtype=torch.float64, device=device)
     offset = 0
     for i, (name, p) in enumerate(owned):
         if p in opt.model_param_gbuf_map and p in opt.model_param_group_index_map:  # this rank owns a slice
             tensors = opt._get_main_param_and_optimizer_states(p)
             span = opt._get_model_param_range_map(p)["param"]
             for k, key in enumerate(STATE_KEYS):
-                flat[k, offset + span.start: offset + span.end] = tensors[key].detach().float().cpu()
+                flat[k, offset + span.start: offset + span.end] = tensors[key].detach().float()
             group_index, group_order = opt.model_param_group_index_map[p]
             main = opt.optimizer.param_groups[group_index]["params"][group_order]
             step = _step_of(opt.optimizer, opt.optimizer.state.get(main, {}), main)
@@ -104,7 +105,7 @@ def gather_full_optimizer_state(chunks, optimizer, ctx: ParallelContext) -> dict
             for name, p in named.items():
                 if id(p) in mine or id(getattr(p, "main_param", None)) in mine:
                     tensors, step = _plain_state(opt, p)
-                    local[name] = {**{k: t.float().cpu() for k, t in tensors.items()}, "step": step}
+                    local[name] = {**{k: t.float() for k, t in tensors.items()}, "step": step}
     missing = sorted(set(named) - set(local))
     if missing:
         raise RuntimeError(f"the optimizer holds no state for {len(missing)} parameters, first: {missing[0]}")
@@ -119,7 +120,7 @@ def gather_full_optimizer_state(chunks, optimizer, ctx: ParallelContext) -> dict
             if tp_size > 1:
                 shards = [torch.empty_like(tensor) for _ in range(tp_size)]
                 dist.all_gather(shards, tensor, group=ctx.tp_group)
-            entry[key] = merge_shards(name, shards)
+            entry[key] = merge_shards(name, [shard.cpu() for shard in shards])
         out[name] = entry
     if dist.is_initialized() and ctx.pp_size > 1:
         stages = [None] * ctx.pp_size
