@@ -30,8 +30,9 @@ from megatron.core.utils import divide
 
 
 def repeat_kv_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """K and V [b, groups, s, d] repeated to the query's heads [b, heads, s, d] (query head i reads
-    group i // (heads / groups), as GQA does)."""
+    """K and V with their heads in dim 1 ([b, groups, s, d], or [tokens, groups, d] for the varlen
+    kernels) repeated to the query's heads (query head i reads group i // (heads / groups), as GQA
+    does)."""
     group = q.shape[1] // k.shape[1]
     if group == 1:
         return k, v

@@ -24,6 +24,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_emu3.batch.inputs import document_cu_seqlens
+from megatron_emu3.model.attention import repeat_kv_heads
 
 
 def flash_available() -> tuple[bool, str]:
@@ -66,8 +67,7 @@ def torch_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softma
         if _takes_enable_gqa(varlen_attn):
             options["enable_gqa"] = True
         else:
-            group = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+            k, v = repeat_kv_heads(q, k, v)  # heads are dim 1 of [tokens, heads, d] too
     return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **options)
 
 

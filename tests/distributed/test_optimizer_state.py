@@ -12,7 +12,6 @@ state compared equal, the first step after it did not. Hence the extra step in e
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.distributed.launcher import run_ranks
 from tests.distributed.scenarios import assert_same_state, optimizer_after_load, optimizer_resume

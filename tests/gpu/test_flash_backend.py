@@ -10,6 +10,22 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.enums import AttnMaskType
 
 
+def _config() -> TransformerConfig:
+    """One bf16 attention layer: 8 query heads in 2 groups of width 64."""
+    return TransformerConfig(num_layers=1, hidden_size=512, num_attention_heads=8, num_query_groups=2,
+                             attention_dropout=0.0, hidden_dropout=0.0, bf16=True, params_dtype=torch.bfloat16)
+
+
+def _inputs(requires_grad: bool):
+    """q [s, b, 8, 64], k and v [s, b, 2, 64] in bf16 on CUDA, and segment ids of three documents (300,
+    500 and 224 tokens) in each of the 2 samples of 1,024 tokens."""
+    s, b = 1024, 2
+    q, k, v = (torch.randn(s, b, heads, 64, device="cuda", dtype=torch.bfloat16, requires_grad=requires_grad)
+               for heads in (8, 2, 2))
+    seg = torch.cat([torch.zeros(b, 300), torch.ones(b, 500), torch.full((b, 224), 2.0)], 1).int().cuda()
+    return q, k, v, seg
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash_attn is not installed")
 def test_real_flash_kernel_matches_sdpa():
@@ -17,15 +33,10 @@ def test_real_flash_kernel_matches_sdpa():
     from megatron_emu3.model.attention import SDPACoreAttention
     from megatron_emu3.model.flash_attention import FlashVarlenCoreAttention
 
-    cfg = TransformerConfig(num_layers=1, hidden_size=512, num_attention_heads=8, num_query_groups=2,
-                            attention_dropout=0.0, hidden_dropout=0.0, bf16=True, params_dtype=torch.bfloat16)
+    cfg = _config()
     flash = FlashVarlenCoreAttention(cfg, 1, AttnMaskType.causal, "self")
     sdpa = SDPACoreAttention(cfg, 1, AttnMaskType.causal, "self")
-    s, b = 1024, 2
-    q = torch.randn(s, b, 8, 64, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(s, b, 2, 64, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(s, b, 2, 64, device="cuda", dtype=torch.bfloat16)
-    seg = torch.cat([torch.zeros(b, 300), torch.ones(b, 500), torch.full((b, 224), 2.0)], 1).int().cuda()
+    q, k, v, seg = _inputs(requires_grad=False)
     torch.testing.assert_close(flash(q, k, v, seg).float(), sdpa(q, k, v, document_attention_mask(seg)).float(),
                                atol=2e-2, rtol=2e-2)
 
@@ -39,15 +50,10 @@ def test_torch_varlen_kernel_matches_sdpa_forward_and_backward():
     ok, why = torch_varlen_available()
     if not ok:
         pytest.skip(why)
-    cfg = TransformerConfig(num_layers=1, hidden_size=512, num_attention_heads=8, num_query_groups=2,
-                            attention_dropout=0.0, hidden_dropout=0.0, bf16=True, params_dtype=torch.bfloat16)
+    cfg = _config()
     varlen = TorchVarlenCoreAttention(cfg, 1, AttnMaskType.causal, "self")
     sdpa = SDPACoreAttention(cfg, 1, AttnMaskType.causal, "self")
-    s, b = 1024, 2
-    q = torch.randn(s, b, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    k = torch.randn(s, b, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    v = torch.randn(s, b, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    seg = torch.cat([torch.zeros(b, 300), torch.ones(b, 500), torch.full((b, 224), 2.0)], 1).int().cuda()
+    q, k, v, seg = _inputs(requires_grad=True)
     got, expected = varlen(q, k, v, seg), sdpa(q, k, v, document_attention_mask(seg))
     torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)
     grad = torch.randn_like(got)
@@ -64,14 +70,9 @@ def test_sdpa_with_a_document_mask_never_needs_the_math_kernel():
     from megatron_emu3.batch.inputs import document_attention_mask
     from megatron_emu3.model.attention import SDPACoreAttention
 
-    cfg = TransformerConfig(num_layers=1, hidden_size=512, num_attention_heads=8, num_query_groups=2,
-                            attention_dropout=0.0, hidden_dropout=0.0, bf16=True, params_dtype=torch.bfloat16)
+    cfg = _config()
     sdpa = SDPACoreAttention(cfg, 1, AttnMaskType.causal, "self")
-    s, b = 1024, 2
-    q = torch.randn(s, b, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    k = torch.randn(s, b, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    v = torch.randn(s, b, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    seg = torch.cat([torch.zeros(b, 300), torch.ones(b, 500), torch.full((b, 224), 2.0)], 1).int().cuda()
+    q, k, v, seg = _inputs(requires_grad=True)
     mask = document_attention_mask(seg)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
         got = sdpa(q, k, v, mask)
