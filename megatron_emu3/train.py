@@ -64,7 +64,10 @@ def run_entry(prog: str, doc: str, train_fn: Callable, argv=None, dry_run: bool 
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    destroy_distributed()
+    finally:
+        # every way out, refusals included: process groups left to interpreter exit can abort it
+        # ("terminate called without an active exception", exit -6 instead of 2)
+        destroy_distributed()
     return 0
 
 
